@@ -1,0 +1,206 @@
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use crate::api::{forced_provider, read_json, streaming};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::catalog::{Model, ModelKind};
+use crate::error::ApiError;
+use crate::ledger::Reserve;
+use crate::metering::{usage_json, Meter};
+use crate::providers::{ChatCall, ChatReply, Provider, Providers, UpstreamError, CHAT_PROVIDERS};
+use crate::store::usage::Settlement;
+use crate::telemetry::{add_upstream_wait, RequestId};
+use crate::validation::chat::{chat_request, InputModalities};
+
+/// Used as the output ceiling when neither the request nor the catalog gives one.
+const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+
+/// POST /v1/chat/completions
+pub async fn chat_completions(
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    providers: web::Data<Providers>,
+) -> Result<HttpResponse, ApiError> {
+    let forced = forced_provider(&req, CHAT_PROVIDERS)?;
+    let (body, body_len) = read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
+    let mut request = chat_request(body).map_err(ApiError::BadRequest)?;
+
+    let catalog = state.catalog.snapshot();
+    let model = catalog
+        .resolve(&request.model, forced)
+        .ok_or_else(|| ApiError::model_not_found(&request.model))?;
+    if model.kind != ModelKind::Chat {
+        return Err(ApiError::BadRequest(format!(
+            "Model '{}' is an embedding model, not a chat model",
+            model.id
+        )));
+    }
+    check_modalities(model, request.uses)?;
+    let (provider, upstream_model) = pick_route(model, forced, &providers)?;
+
+    let ceiling = output_ceiling(request.max_tokens, model.max_output_tokens);
+    let reserve = Reserve {
+        license_id: caller.license_id.clone(),
+        prices: catalog.prices_for(&caller.license_type_id, model),
+        prompt_tokens: estimate_prompt_tokens(body_len, model.context_window),
+        max_output_tokens: ceiling,
+    };
+    let record = Settlement {
+        request_id: RequestId::of(&req),
+        license_id: caller.license_id.clone(),
+        api_key_id: Some(caller.key_id.clone()),
+        endpoint: "chat.completions",
+        model: model.id.clone(),
+        provider: provider.name().to_string(),
+        stream: request.stream,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        micro_credits: 0,
+        status: "completed",
+    };
+    let meter = Meter::reserve(&state.ledger, reserve, record).await?;
+    let granted = meter.max_output_tokens();
+    if granted < ceiling || request.max_tokens.is_some_and(|asked| u64::from(asked) > granted) {
+        limit_output(&mut request.body, granted);
+    }
+
+    let model_id = model.id.clone();
+    let call = ChatCall { upstream_model, request, max_output_tokens: granted };
+    let started = Instant::now();
+    let reply = provider.chat(call).await;
+    add_upstream_wait(&req, started.elapsed());
+    match reply.map_err(|e| upstream_error(e, &model_id))? {
+        ChatReply::Complete { mut completion, usage } => {
+            let settled = meter.settle(usage, "completed").await?;
+            let mut usage_value = usage_json(usage, settled);
+            // Keep the upstream's extra usage details (cached tokens and the like).
+            if let (Some(Value::Object(theirs)), Value::Object(ours)) =
+                (completion.remove("usage"), &mut usage_value)
+            {
+                for (k, v) in theirs {
+                    ours.entry(k).or_insert(v);
+                }
+            }
+            completion.insert("usage".into(), usage_value);
+            Ok(HttpResponse::Ok().json(completion))
+        }
+        ChatReply::Stream(chunks) => {
+            Ok(streaming::relay(chunks, meter, state.settings.limits.stream_idle_timeout_secs))
+        }
+    }
+}
+
+/// Design §0: a content part the model cannot take is refused before any upstream call.
+fn check_modalities(model: &Model, uses: InputModalities) -> Result<(), ApiError> {
+    let supported = model.input_modality;
+    for (used, ok, name) in [
+        (uses.image, supported.image, "image"),
+        (uses.audio, supported.audio, "audio"),
+        (uses.video, supported.video, "video"),
+    ] {
+        if used && !ok {
+            return Err(ApiError::BadRequest(format!(
+                "Model '{}' does not support {name} input",
+                model.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The first route whose provider is configured, honouring a forced provider.
+fn pick_route<'a>(
+    model: &Model,
+    forced: Option<&str>,
+    providers: &'a Providers,
+) -> Result<(&'a Provider, String), ApiError> {
+    let mut routes =
+        model.routes.iter().filter(|r| forced.is_none_or(|f| r.provider == f)).peekable();
+    if routes.peek().is_none() {
+        return Err(ApiError::model_not_found(&model.id));
+    }
+    routes
+        .find_map(|r| providers.get(&r.provider).map(|p| (p, r.upstream_model.clone())))
+        .ok_or_else(|| {
+            ApiError::Unavailable(anyhow::anyhow!(
+                "no configured provider serves model {}",
+                model.id
+            ))
+        })
+}
+
+/// The most output the request may produce: what it asked for, within the model's limit.
+fn output_ceiling(asked: Option<u32>, model_max: Option<i64>) -> u64 {
+    let model_max = model_max.and_then(|m| u64::try_from(m).ok());
+    match (asked.map(u64::from), model_max) {
+        (Some(a), Some(m)) => a.min(m),
+        (Some(a), None) => a,
+        (None, Some(m)) => m,
+        (None, None) => DEFAULT_MAX_OUTPUT_TOKENS,
+    }
+}
+
+/// An estimate of the prompt that errs high: real tokenizers need at least two bytes of
+/// JSON per token, and a prompt cannot exceed the model's context window.
+fn estimate_prompt_tokens(body_len: usize, context_window: Option<i64>) -> u64 {
+    let estimate = (body_len as u64).div_ceil(2);
+    context_window.and_then(|c| u64::try_from(c).ok()).map_or(estimate, |c| estimate.min(c))
+}
+
+/// Asks upstream for no more output than the hold pays for, in the field(s) the client used.
+fn limit_output(body: &mut serde_json::Map<String, Value>, tokens: u64) {
+    let mut set = false;
+    for field in ["max_completion_tokens", "max_tokens"] {
+        if body.get(field).is_some_and(|v| !v.is_null()) {
+            body.insert(field.into(), tokens.into());
+            set = true;
+        }
+    }
+    if !set {
+        body.insert("max_tokens".into(), tokens.into());
+    }
+}
+
+fn upstream_error(e: UpstreamError, model_id: &str) -> ApiError {
+    match e {
+        UpstreamError::ModelNotFound => ApiError::model_not_found(model_id),
+        UpstreamError::BadRequest(message) => ApiError::BadRequest(message),
+        UpstreamError::Unavailable(cause) => ApiError::Unavailable(cause),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_takes_the_smaller_of_request_and_model() {
+        assert_eq!(output_ceiling(Some(100), Some(50)), 50);
+        assert_eq!(output_ceiling(Some(10), Some(50)), 10);
+        assert_eq!(output_ceiling(None, Some(50)), 50);
+        assert_eq!(output_ceiling(None, None), DEFAULT_MAX_OUTPUT_TOKENS);
+    }
+
+    #[test]
+    fn prompt_estimate_is_capped_by_the_context_window() {
+        assert_eq!(estimate_prompt_tokens(101, None), 51);
+        assert_eq!(estimate_prompt_tokens(1_000_000, Some(1000)), 1000);
+    }
+
+    #[test]
+    fn limit_output_uses_the_clients_field() {
+        let mut body = serde_json::Map::new();
+        body.insert("max_completion_tokens".into(), 500.into());
+        limit_output(&mut body, 20);
+        assert_eq!(body["max_completion_tokens"], 20);
+        assert!(!body.contains_key("max_tokens"));
+        let mut body = serde_json::Map::new();
+        limit_output(&mut body, 20);
+        assert_eq!(body["max_tokens"], 20);
+    }
+}

@@ -1,0 +1,270 @@
+//! The CreditLedger: the only place balances change. It keeps every active license's
+//! balance and open holds in memory (so a reserve is a map lookup), and hands each change to
+//! the writer thread, answering only once the change is committed.
+//!
+//! Invariant: for a limited license, `held ≤ available`, and every charge is at most its
+//! hold, so no order of events can take a balance below zero.
+
+pub mod price;
+pub mod writer;
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+
+use crate::store::usage::{Adjustment, LedgerWrite, Settlement};
+use crate::store::{self, Pool};
+use price::Prices;
+use writer::Writer;
+
+/// The smallest reply worth sending: below this many affordable output tokens, 402.
+pub const MIN_OUTPUT_TOKENS: u64 = 16;
+
+#[derive(Debug, derive_more::Display)]
+pub enum LedgerError {
+    #[display("insufficient credits")]
+    InsufficientCredits,
+    #[display("unknown license")]
+    UnknownLicense,
+    #[display("{_0}")]
+    Refused(String),
+    #[display("ledger storage failed: {_0}")]
+    Store(String),
+}
+
+struct Account {
+    /// Committed balance; `None` = unlimited.
+    available: Option<i64>,
+    used: i64,
+    /// Sum of open holds.
+    held: i64,
+}
+
+impl Account {
+    fn spendable(&self) -> Option<i64> {
+        self.available.map(|a| a - self.held)
+    }
+}
+
+pub struct CreditLedger {
+    pool: Pool,
+    writer: Writer,
+    accounts: HashMap<String, Account>,
+}
+
+impl CreditLedger {
+    pub fn new(pool: Pool, writer: Writer) -> Self {
+        Self { pool, writer, accounts: HashMap::new() }
+    }
+
+    /// Loads a license's committed balance the first time it is seen.
+    fn account(&mut self, license_id: &str) -> Result<&mut Account, LedgerError> {
+        if !self.accounts.contains_key(license_id) {
+            let conn = store::get(&self.pool).map_err(|e| LedgerError::Store(format!("{e:#}")))?;
+            let balance = store::licenses::balance(&conn, license_id)
+                .map_err(|e| LedgerError::Store(format!("{e:#}")))?
+                .ok_or(LedgerError::UnknownLicense)?;
+            self.accounts.insert(
+                license_id.to_string(),
+                Account { available: balance.available, used: balance.used, held: 0 },
+            );
+        }
+        self.accounts.get_mut(license_id).ok_or(LedgerError::UnknownLicense)
+    }
+}
+
+impl Actor for CreditLedger {
+    type Context = Context<Self>;
+}
+
+/// Money set aside for one request until it settles.
+#[derive(Debug)]
+pub struct Hold {
+    pub license_id: String,
+    pub amount: i64,
+    pub prices: Prices,
+    /// Output tokens the hold pays for; the request must not ask upstream for more.
+    pub max_output_tokens: u64,
+}
+
+/// Holds the worst-case cost of a request: the prompt estimate plus `max_output_tokens`,
+/// lowered to what the balance can pay for (never below `MIN_OUTPUT_TOKENS`).
+#[derive(Message)]
+#[rtype(result = "Result<Hold, LedgerError>")]
+pub struct Reserve {
+    pub license_id: String,
+    pub prices: Prices,
+    pub prompt_tokens: u64,
+    pub max_output_tokens: u64,
+}
+
+impl Handler<Reserve> for CreditLedger {
+    type Result = Result<Hold, LedgerError>;
+
+    fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) -> Self::Result {
+        let account = self.account(&msg.license_id)?;
+        let full = msg.prices.cost(msg.prompt_tokens, msg.max_output_tokens);
+        let (amount, max_output_tokens) = match account.spendable() {
+            None => (full, msg.max_output_tokens),
+            Some(spendable) if full <= spendable => (full, msg.max_output_tokens),
+            Some(spendable) => {
+                let affordable =
+                    msg.prices.affordable_output(spendable, msg.prompt_tokens).unwrap_or(0);
+                if affordable < MIN_OUTPUT_TOKENS.min(msg.max_output_tokens) || affordable == 0 {
+                    return Err(LedgerError::InsufficientCredits);
+                }
+                let tokens = affordable.min(msg.max_output_tokens);
+                (msg.prices.cost(msg.prompt_tokens, tokens), tokens)
+            }
+        };
+        account.held += amount;
+        Ok(Hold { license_id: msg.license_id, amount, prices: msg.prices, max_output_tokens })
+    }
+}
+
+/// Gives a hold back untouched: the request failed before anything was delivered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release(pub Hold);
+
+impl Handler<Release> for CreditLedger {
+    type Result = ();
+
+    fn handle(&mut self, Release(hold): Release, _: &mut Context<Self>) {
+        if let Some(account) = self.accounts.get_mut(&hold.license_id) {
+            account.held -= hold.amount;
+        }
+    }
+}
+
+/// What a settled request cost and what is left.
+#[derive(Debug, Clone, Copy)]
+pub struct Settled {
+    pub credits_used: i64,
+    pub credits_remaining: Option<i64>,
+}
+
+/// Turns a hold into a charge for the tokens actually used, and records the usage row,
+/// the debit and its ledger entry in one committed transaction before answering.
+#[derive(Message)]
+#[rtype(result = "Result<Settled, LedgerError>")]
+pub struct Settle {
+    pub hold: Hold,
+    /// The usage row; its `micro_credits` is filled in here.
+    pub usage: Settlement,
+}
+
+impl Handler<Settle> for CreditLedger {
+    type Result = ResponseActFuture<Self, Result<Settled, LedgerError>>;
+
+    fn handle(&mut self, msg: Settle, _: &mut Context<Self>) -> Self::Result {
+        let Settle { hold, mut usage } = msg;
+        let cost = hold.prices.cost(usage.prompt_tokens, usage.completion_tokens);
+        let license_id = hold.license_id.clone();
+        let applied = self.account(&license_id).map(|account| {
+            account.held -= hold.amount;
+            // A limited license never pays more than was held; an unlimited one pays the cost.
+            let charge = if account.available.is_some() { cost.min(hold.amount) } else { cost };
+            if let Some(available) = account.available.as_mut() {
+                *available -= charge;
+            }
+            account.used += charge;
+            (charge, account.available)
+        });
+        let (charge, remaining) = match applied {
+            Ok(v) => v,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        usage.micro_credits = charge;
+        let committed = self.writer.submit(LedgerWrite::Settle(usage));
+        Box::pin(
+            async move { committed.await.unwrap_or_else(|_| Err("ledger writer gone".into())) }
+                .into_actor(self)
+                .map(move |result, act, _| match result {
+                    Ok(()) => Ok(Settled { credits_used: charge, credits_remaining: remaining }),
+                    Err(e) => {
+                        // Not written: undo the in-memory charge so memory and disk agree.
+                        if let Some(account) = act.accounts.get_mut(&license_id) {
+                            if let Some(available) = account.available.as_mut() {
+                                *available += charge;
+                            }
+                            account.used -= charge;
+                        }
+                        Err(LedgerError::Store(e))
+                    }
+                }),
+        )
+    }
+}
+
+/// An administrator's top-up (positive) or removal (negative).
+#[derive(Message)]
+#[rtype(result = "Result<(), LedgerError>")]
+pub struct Adjust(pub Adjustment);
+
+impl Handler<Adjust> for CreditLedger {
+    type Result = ResponseActFuture<Self, Result<(), LedgerError>>;
+
+    fn handle(&mut self, Adjust(adjustment): Adjust, _: &mut Context<Self>) -> Self::Result {
+        let delta = adjustment.micro_credits;
+        let license_id = adjustment.license_id.clone();
+        let checked = self.account(&license_id).and_then(|account| {
+            let Some(available) = account.available else {
+                return Err(LedgerError::Refused(
+                    "License is unlimited; its balance cannot change".into(),
+                ));
+            };
+            // Money held by requests in flight cannot be removed from under them.
+            match available.checked_add(delta) {
+                Some(after) if after >= account.held => {
+                    account.available = Some(after);
+                    Ok(())
+                }
+                Some(_) => Err(LedgerError::Refused("Balance cannot go below zero".into())),
+                None => Err(LedgerError::Refused("Balance would overflow".into())),
+            }
+        });
+        if let Err(e) = checked {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        let committed = self.writer.submit(LedgerWrite::Adjust(adjustment));
+        Box::pin(
+            async move { committed.await.unwrap_or_else(|_| Err("ledger writer gone".into())) }
+                .into_actor(self)
+                .map(move |result, act, _| {
+                    result.map_err(|e| {
+                        if let Some(available) =
+                            act.accounts.get_mut(&license_id).and_then(|a| a.available.as_mut())
+                        {
+                            *available -= delta;
+                        }
+                        LedgerError::Store(e)
+                    })
+                }),
+        )
+    }
+}
+
+/// The live balance of a license, as `GET /v1/license` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    pub available: Option<i64>,
+    pub used: i64,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Balance, LedgerError>")]
+pub struct GetBalance(pub String);
+
+impl Handler<GetBalance> for CreditLedger {
+    type Result = Result<Balance, LedgerError>;
+
+    fn handle(
+        &mut self,
+        GetBalance(license_id): GetBalance,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let account = self.account(&license_id)?;
+        Ok(Balance { available: account.available, used: account.used })
+    }
+}
