@@ -1,1 +1,10 @@
-fn main() {}
+//! One test binary for the whole HTTP surface (one build, shared by every test).
+
+mod helpers;
+
+mod admin;
+mod auth;
+mod billing;
+mod chat_completions;
+mod errors;
+mod lifecycle;
