@@ -116,6 +116,9 @@ impl Model {
     pub fn from_json(id: &str, body: Value) -> Result<Model, ApiError> {
         let bad = |m: String| ApiError::BadRequest(m);
         let input: ModelInput = json_body::from_value(body)?;
+        if input.name.trim().is_empty() || input.name.len() > 200 {
+            return Err(bad("'name' must be 1 to 200 characters".into()));
+        }
         if id.is_empty() || id.len() > 200 {
             return Err(bad("model id must be 1 to 200 characters".into()));
         }

@@ -16,8 +16,12 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
 }
 
 fn message(err: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    let path = err.path().to_string();
-    let inner = err.inner().to_string();
+    translate(err.path().to_string(), err.inner().to_string())
+}
+
+/// Rewrites a serde error text (and the path where it happened, `.` for the top) into the
+/// API's message formats. Also used for query strings.
+pub fn translate(path: String, inner: String) -> String {
     let inner = inner.split(" at line ").next().unwrap_or(&inner);
     let quoted = |s: &str| s.split('`').nth(1).map(str::to_string);
     let join =

@@ -588,7 +588,8 @@ async fn delete_key(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsageQuery {
-    limit: Option<u32>,
+    /// Text, so a bad value gets the API's own message rather than the parser's.
+    limit: Option<String>,
     before: Option<String>,
 }
 
@@ -599,13 +600,18 @@ async fn list_usage(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let UsageQuery { limit, before } = query.into_inner();
-    let limit = limit.unwrap_or(100);
+    let limit = match limit {
+        None => 100,
+        Some(text) => text
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request("invalid type for 'limit': expected integer"))?,
+    };
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("'limit' must be between 1 and 1000"));
     }
     let rows = db(&state, move |conn| {
         license(conn, &path)?;
-        Ok(usage::list(conn, &path, limit, before.as_deref())?)
+        Ok(usage::list(conn, &path, limit as u32, before.as_deref())?)
     })
     .await?;
     Ok(ok(rows))

@@ -42,7 +42,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::scope("/admin/v1").configure(admin::configure))
     .app_data(
         web::QueryConfig::default()
-            .error_handler(|err, _| ApiError::BadRequest(format!("invalid query: {err}")).into()),
+            .error_handler(|err, _| {
+                let message = match err {
+                    actix_web::error::QueryPayloadError::Deserialize(e) => {
+                        crate::json_body::translate(".".into(), e.to_string())
+                    }
+                    other => format!("invalid query string: {other}"),
+                };
+                ApiError::BadRequest(message).into()
+            }),
     )
     .app_data(
         web::PathConfig::default()

@@ -143,7 +143,8 @@ pub struct UsageRow {
     pub status: String,
 }
 
-/// Newest first; `before` is a `created_at` from an earlier page.
+/// Newest first; `before` is the `request_id` of the last row of the previous page (a
+/// timestamp would be ambiguous: many requests share a millisecond).
 pub fn list(
     conn: &Connection,
     license_id: &str,
@@ -153,7 +154,8 @@ pub fn list(
     let mut stmt = conn.prepare_cached(
         "SELECT request_id, created_at, endpoint, model, provider, stream, prompt_tokens, completion_tokens,
                 micro_credits, status
-         FROM usage WHERE license_id = ?1 AND (?2 IS NULL OR created_at < ?2)
+         FROM usage WHERE license_id = ?1
+           AND (?2 IS NULL OR id < (SELECT id FROM usage WHERE request_id = ?2 AND license_id = ?1))
          ORDER BY id DESC LIMIT ?3",
     )?;
     let rows = stmt

@@ -139,3 +139,27 @@ fn migrate_creates_the_schema_and_is_idempotent() {
     let models: i64 = conn.query_row("SELECT COUNT(*) FROM models", [], |r| r.get(0)).unwrap();
     assert!(models >= 3);
 }
+
+#[actix_web::test]
+async fn a_graceful_stop_lets_an_open_stream_finish_and_bills_it() {
+    let app = spawn_app_with(|s| s.providers.demo.token_delay_ms = 20).await;
+    let seeded = app.seed_license(Some(100_000)).await;
+    let mut body = chat_body("finish me please");
+    body["stream"] = serde_json::json!(true);
+
+    let stop_soon = async {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(60)).await;
+        app.handle.stop(true).await;
+    };
+    let (reply, ()) = futures_util::future::join(app.chat(&seeded.key, &body), stop_soon).await;
+
+    assert_eq!(reply.status(), 200);
+    assert!(reply.text.ends_with("data: [DONE]\n\n"), "{}", reply.text);
+    let events = sse_events(&reply.text);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 11);
+    let billed = app.query_i64("SELECT SUM(micro_credits) FROM usage WHERE status = 'completed'", []);
+    assert_eq!(billed, usage["usage"]["credits_used"].as_i64().unwrap());
+    // Stopped: no new connections.
+    assert!(app.client.get(app.url("/health")).send().await.is_err());
+}
