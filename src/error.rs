@@ -18,8 +18,9 @@ pub enum ApiError {
     InsufficientCredits,
     #[display("{_0}")]
     NotFound(String),
+    /// Carries the value of the `Allow` header: the methods the resource does take.
     #[display("Method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     #[display("{_0}")]
     Conflict(String),
     #[display("Request body too large: the limit is {_0} bytes")]
@@ -64,7 +65,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -78,7 +79,11 @@ impl ResponseError for ApiError {
             Self::Internal(cause) => log::error!("internal error: {cause:#}"),
             _ => {}
         }
-        Self::envelope(self.status_code(), &self.to_string())
+        let mut res = Self::envelope(self.status_code(), &self.to_string());
+        if let Self::MethodNotAllowed(allow) = self {
+            res.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
+        res
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api::{method_not_allowed, read_json};
+use crate::api::{read_json, resource};
 use crate::app::AppState;
 use crate::auth::{bearer_token, public_key, registry::InvalidateAll};
 use crate::catalog::{Model, TOOLS};
@@ -23,47 +23,46 @@ use crate::metering::ledger_error;
 use crate::store::{self, keys, licenses, organisations, usage, Conn};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
     cfg.service(
-        resource("/institutions")
+        resource("/institutions", "GET, POST")
             .route(web::post().to(create_institution))
             .route(web::get().to(list_institutions)),
     )
     .service(
-        resource("/institutions/{institution}/public-keys")
+        resource("/institutions/{institution}/public-keys", "GET, POST")
             .route(web::post().to(add_public_key))
             .route(web::get().to(list_public_keys)),
     )
-    .service(resource("/public-keys/{id}").route(web::delete().to(delete_public_key)))
+    .service(resource("/public-keys/{id}", "DELETE").route(web::delete().to(delete_public_key)))
     .service(
-        resource("/license-types")
+        resource("/license-types", "GET, POST")
             .route(web::post().to(create_license_type))
             .route(web::get().to(list_license_types)),
     )
     .service(
-        resource("/license-types/{license_type}/prices/{model_id:.+}")
+        resource("/license-types/{license_type}/prices/{model_id:.+}", "PUT")
             .route(web::put().to(set_model_price)),
     )
     .service(
-        resource("/license-types/{license_type}/tool-prices/{tool}")
+        resource("/license-types/{license_type}/tool-prices/{tool}", "PUT")
             .route(web::put().to(set_tool_price)),
     )
     .service(
-        resource("/licenses")
+        resource("/licenses", "GET, POST")
             .route(web::post().to(create_license))
             .route(web::get().to(list_licenses)),
     )
-    .service(resource("/licenses/{id}").route(web::get().to(get_license)))
-    .service(resource("/licenses/{id}/credits").route(web::post().to(change_credits)))
+    .service(resource("/licenses/{id}", "GET").route(web::get().to(get_license)))
+    .service(resource("/licenses/{id}/credits", "POST").route(web::post().to(change_credits)))
     .service(
-        resource("/licenses/{id}/keys")
+        resource("/licenses/{id}/keys", "GET, POST")
             .route(web::post().to(create_key))
             .route(web::get().to(list_keys)),
     )
-    .service(resource("/licenses/{id}/usage").route(web::get().to(list_usage)))
-    .service(resource("/keys/{id}").route(web::delete().to(delete_key)))
-    .service(resource("/models").route(web::get().to(list_models)))
-    .service(resource("/models/{model_id:.+}").route(web::put().to(put_model)));
+    .service(resource("/licenses/{id}/usage", "GET").route(web::get().to(list_usage)))
+    .service(resource("/keys/{id}", "DELETE").route(web::delete().to(delete_key)))
+    .service(resource("/models", "GET").route(web::get().to(list_models)))
+    .service(resource("/models/{model_id:.+}", "PUT").route(web::put().to(put_model)));
 }
 
 /// Proof that the request carries the admin token. Both sides are hashed first so the

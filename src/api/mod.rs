@@ -17,41 +17,37 @@ use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/health")
+        resource("/health", "GET, HEAD")
             .route(web::get().to(health::health))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::head().to(health::health)),
     )
     .service(
         web::scope("/v1")
             .service(
-                web::resource("/models")
+                resource("/models", "GET, HEAD")
                     .route(web::get().to(models::list_models))
-                    .default_service(web::to(method_not_allowed)),
+                    .route(web::head().to(models::list_models)),
             )
             .service(
-                web::resource("/license")
+                resource("/license", "GET, HEAD")
                     .route(web::get().to(license::get_license))
-                    .default_service(web::to(method_not_allowed)),
+                    .route(web::head().to(license::get_license)),
             )
             .service(
-                web::resource("/chat/completions")
-                    .route(web::post().to(chat_completions::chat_completions))
-                    .default_service(web::to(method_not_allowed)),
+                resource("/chat/completions", "POST")
+                    .route(web::post().to(chat_completions::chat_completions)),
             ),
     )
     .service(web::scope("/admin/v1").configure(admin::configure))
-    .app_data(
-        web::QueryConfig::default()
-            .error_handler(|err, _| {
-                let message = match err {
-                    actix_web::error::QueryPayloadError::Deserialize(e) => {
-                        crate::json_body::translate(".".into(), e.to_string())
-                    }
-                    other => format!("invalid query string: {other}"),
-                };
-                ApiError::BadRequest(message).into()
-            }),
-    )
+    .app_data(web::QueryConfig::default().error_handler(|err, _| {
+        let message = match err {
+            actix_web::error::QueryPayloadError::Deserialize(e) => {
+                crate::json_body::translate(".".into(), e.to_string())
+            }
+            other => format!("invalid query string: {other}"),
+        };
+        ApiError::BadRequest(message).into()
+    }))
     .app_data(
         web::PathConfig::default()
             .error_handler(|err, _| ApiError::BadRequest(format!("invalid path: {err}")).into()),
@@ -62,8 +58,11 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!("No route for {} {}", req.method(), req.path())))
 }
 
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+/// A resource whose other methods get 405 with an `Allow` header listing `allow`.
+pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+    }))
 }
 
 /// Reads a JSON request body: the content type must be JSON, the size within the limit

@@ -12,7 +12,10 @@ fn demo_cost(prompt_tokens: u64, completion_tokens: u64) -> i64 {
 }
 
 fn ledger_sum(app: &TestApp, license_id: &str) -> i64 {
-    app.query_i64("SELECT SUM(micro_credits) FROM ledger_entries WHERE license_id = ?1", [license_id])
+    app.query_i64(
+        "SELECT SUM(micro_credits) FROM ledger_entries WHERE license_id = ?1",
+        [license_id],
+    )
 }
 
 fn usage_sum(app: &TestApp, license_id: &str) -> i64 {
@@ -133,7 +136,9 @@ async fn concurrent_requests_never_overspend_the_balance() {
                 let usage = if r.text.starts_with("data: ") {
                     let events = sse_events(&r.text);
                     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-                    serde_json::from_str::<serde_json::Value>(&events[events.len() - 2]).unwrap()["usage"].clone()
+                    serde_json::from_str::<serde_json::Value>(&events[events.len() - 2]).unwrap()
+                        ["usage"]
+                        .clone()
                 } else {
                     r.json()["usage"].clone()
                 };
@@ -153,7 +158,10 @@ async fn concurrent_requests_never_overspend_the_balance() {
     assert_eq!(available, per_request * k - charged);
     assert_eq!(usage_sum(&app, &seeded.license_id), charged);
     assert_eq!(ledger_sum(&app, &seeded.license_id), available);
-    assert_eq!(app.query_i64("SELECT COUNT(*) FROM usage WHERE license_id = ?1", [&seeded.license_id]), succeeded);
+    assert_eq!(
+        app.query_i64("SELECT COUNT(*) FROM usage WHERE license_id = ?1", [&seeded.license_id]),
+        succeeded
+    );
 }
 
 #[actix_web::test]
@@ -172,7 +180,8 @@ async fn a_streamed_request_is_billed_like_its_usage_chunk_says() {
     assert_eq!(usage_chunk["usage"]["credits_used"], cost);
     assert_eq!(usage_chunk["usage"]["credits_remaining"], 10_000 - cost);
     assert_eq!(app.license(&seeded.key).await["available_micro_credits"], 10_000 - cost);
-    let stream_flag = app.query_i64("SELECT stream FROM usage WHERE license_id = ?1", [&seeded.license_id]);
+    let stream_flag =
+        app.query_i64("SELECT stream FROM usage WHERE license_id = ?1", [&seeded.license_id]);
     assert_eq!(stream_flag, 1);
 }
 
@@ -205,7 +214,11 @@ async fn a_client_that_disconnects_mid_stream_pays_only_for_what_was_delivered()
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         let found: Option<String> = app
             .db()
-            .query_row("SELECT status FROM usage WHERE license_id = ?1", [&seeded.license_id], |r| r.get(0))
+            .query_row(
+                "SELECT status FROM usage WHERE license_id = ?1",
+                [&seeded.license_id],
+                |r| r.get(0),
+            )
             .ok();
         if let Some(s) = found {
             status = s;
@@ -213,8 +226,12 @@ async fn a_client_that_disconnects_mid_stream_pays_only_for_what_was_delivered()
         }
     }
     assert_eq!(status, "client_disconnected");
-    let completion = app.query_i64("SELECT completion_tokens FROM usage WHERE license_id = ?1", [&seeded.license_id]);
-    let prompt = app.query_i64("SELECT prompt_tokens FROM usage WHERE license_id = ?1", [&seeded.license_id]);
+    let completion = app.query_i64(
+        "SELECT completion_tokens FROM usage WHERE license_id = ?1",
+        [&seeded.license_id],
+    );
+    let prompt = app
+        .query_i64("SELECT prompt_tokens FROM usage WHERE license_id = ?1", [&seeded.license_id]);
     assert_eq!(prompt, 11);
     assert!((2..18).contains(&completion), "billed {completion} of 18 tokens");
     let charged = demo_cost(prompt as u64, completion as u64);

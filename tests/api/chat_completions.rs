@@ -14,11 +14,17 @@ async fn chat_completion_returns_the_demo_reply_with_usage_and_credits() {
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "demo/echo");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
-    assert_eq!(body["choices"][0]["message"]["content"], "Hello from the Quantized demo model! You said: Hello there");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from the Quantized demo model! You said: Hello there"
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     // 2 words + 1 message = 3 prompt tokens; 8 opening words + 2 echoed = 10 completion tokens.
-    assert_eq!(body["usage"], json!({"prompt_tokens": 3, "completion_tokens": 10, "total_tokens": 13,
-        "credits_used": 28, "credits_remaining": 1_000_000 - 28}));
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 3, "completion_tokens": 10, "total_tokens": 13,
+        "credits_used": 28, "credits_remaining": 1_000_000 - 28})
+    );
     assert!(r.header("x-request-id").is_some_and(|id| id.starts_with("req_")));
     assert!(r.header("x-quantized-overhead-ms").is_some_and(|v| v.parse::<f64>().is_ok()));
 }
@@ -39,13 +45,18 @@ async fn streaming_follows_the_documented_format_and_ends_with_usage_then_done()
     assert!(r.text.ends_with("data: [DONE]\n\n"));
     let events = sse_events(&r.text);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<serde_json::Value> =
-        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).expect("chunk is JSON")).collect();
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk is JSON"))
+        .collect();
     let id = chunks[0]["id"].clone();
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == id));
     assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
-    let text: String =
-        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect::<Vec<_>>()
+        .concat();
     assert_eq!(text, "Hello from the Quantized demo model! You said: Lines of code");
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
@@ -104,7 +115,10 @@ async fn a_full_openai_style_request_is_accepted() {
     let r = app.chat(&seeded.key, &body).await;
 
     assert_eq!(r.status(), 200, "{}", r.text);
-    assert_eq!(r.json()["choices"][0]["message"]["content"], "Hello from the Quantized demo model! You said: Thanks");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Hello from the Quantized demo model! You said: Thanks"
+    );
 }
 
 #[actix_web::test]
@@ -114,22 +128,40 @@ async fn models_are_a_bare_array_for_http_clients_and_a_list_for_the_openai_sdk(
 
     let raw = app.get(&seeded.key, "/v1/models").await;
     let auth = format!("Bearer {}", seeded.key);
-    let sdk = app.raw("GET", "/v1/models", &[("Authorization", &auth), ("X-Stainless-Lang", "python")], None).await;
-    let only_demo = app.raw("GET", "/v1/models", &[("Authorization", &auth), ("X-Quantized-Provider", "demo")], None).await;
+    let sdk = app
+        .raw("GET", "/v1/models", &[("Authorization", &auth), ("X-Stainless-Lang", "python")], None)
+        .await;
+    let only_demo = app
+        .raw(
+            "GET",
+            "/v1/models",
+            &[("Authorization", &auth), ("X-Quantized-Provider", "demo")],
+            None,
+        )
+        .await;
 
     assert_eq!(raw.status(), 200);
     let models = raw.json();
     let models = models.as_array().expect("bare array");
-    let mini = models.iter().find(|m| m["id"] == "openai/gpt-4.1-mini").expect("documented model listed");
+    let mini =
+        models.iter().find(|m| m["id"] == "openai/gpt-4.1-mini").expect("documented model listed");
     assert_eq!(mini["name"], "GPT-4.1 Mini");
-    assert_eq!(mini["cost"], json!({"input_cost_per_micro_credit": 0.0016, "output_cost_per_micro_credit": 0.0064}));
+    assert_eq!(
+        mini["cost"],
+        json!({"input_cost_per_micro_credit": 0.0016, "output_cost_per_micro_credit": 0.0064})
+    );
     assert_eq!(mini["context_window"], 1_047_576);
     assert_eq!(mini["max_output_tokens"], 32_768);
     let sdk = sdk.json();
     assert_eq!(sdk["object"], "list");
-    assert!(sdk["data"].as_array().unwrap().iter().all(|m| m["object"] == "model" && m["id"].is_string()));
+    assert!(sdk["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["object"] == "model" && m["id"].is_string()));
     let only_demo = only_demo.json();
-    let ids: Vec<&str> = only_demo.as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+    let ids: Vec<&str> =
+        only_demo.as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
     assert_eq!(ids, ["demo/echo", "demo/echo-vision"]);
 }
 
@@ -140,7 +172,14 @@ async fn the_anthropic_native_id_is_an_alias_only_when_anthropic_is_forced() {
     let body = json!({"model": "claude-sonnet-4-20250514", "messages": [{"role": "user", "content": "hi"}]});
 
     let plain = app.chat(&seeded.key, &body).await;
-    let forced = app.post_with(&seeded.key, "/v1/chat/completions", &body, &[("X-Quantized-Provider", "anthropic")]).await;
+    let forced = app
+        .post_with(
+            &seeded.key,
+            "/v1/chat/completions",
+            &body,
+            &[("X-Quantized-Provider", "anthropic")],
+        )
+        .await;
 
     assert_eq!(plain.status(), 404);
     assert_eq!(plain.error_message(), "Model 'claude-sonnet-4-20250514' not found");

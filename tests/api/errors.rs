@@ -18,7 +18,7 @@ fn usage_rows(app: &TestApp) -> i64 {
 }
 
 fn ledger_debits(app: &TestApp) -> i64 {
-    app.query_i64("SELECT COUNT(*) FROM ledger_entries WHERE micro_credits < 0", [])
+    app.query_i64("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'debit'", [])
 }
 
 /// A chat POST with a chosen `Content-Type` (or none) and raw body bytes.
@@ -38,7 +38,7 @@ fn chat_with(key: &str, value: Value) -> Value {
     body
 }
 
-/// The demo body whose only message is `message`.
+/// A body for `model` whose only message is `message`.
 fn chat_with_message(model: &str, message: Value) -> Value {
     json!({"model": model, "messages": [message]})
 }
@@ -80,6 +80,16 @@ async fn chat_rejects_a_null_model_as_field_required() {
     let body = json!({"model": null, "messages": [{"role": "user", "content": "Hi"}]});
 
     assert_rejected(&app, &seeded, &body, "field required: 'model'").await;
+}
+
+#[actix_web::test]
+async fn chat_rejects_an_empty_model_name() {
+    let app = spawn_app().await;
+    let seeded = app.seed_license(Some(1_000_000)).await;
+
+    let body = json!({"model": "", "messages": [{"role": "user", "content": "Hi"}]});
+
+    assert_rejected(&app, &seeded, &body, "'model' must not be empty").await;
 }
 
 #[actix_web::test]
@@ -178,7 +188,10 @@ async fn chat_rejects_out_of_range_parameters_naming_the_bounds() {
         (chat_with("temperature", json!(-0.1)), "'temperature' must be between 0 and 2"),
         (chat_with("top_p", json!(1.5)), "'top_p' must be between 0 and 1"),
         (chat_with("top_p", json!(-1)), "'top_p' must be between 0 and 1"),
-        (chat_with("frequency_penalty", json!(-2.5)), "'frequency_penalty' must be between -2 and 2"),
+        (
+            chat_with("frequency_penalty", json!(-2.5)),
+            "'frequency_penalty' must be between -2 and 2",
+        ),
         (chat_with("frequency_penalty", json!(3)), "'frequency_penalty' must be between -2 and 2"),
         (chat_with("presence_penalty", json!(2.01)), "'presence_penalty' must be between -2 and 2"),
         (chat_with("presence_penalty", json!(-3)), "'presence_penalty' must be between -2 and 2"),
@@ -249,7 +262,8 @@ async fn chat_rejects_malformed_json_with_an_invalid_json_message() {
     let app = spawn_app().await;
     let seeded = app.seed_license(Some(1_000_000)).await;
 
-    let r = post_raw(&app, &seeded.key, Some("application/json"), br#"{"model": "demo/echo","#).await;
+    let r =
+        post_raw(&app, &seeded.key, Some("application/json"), br#"{"model": "demo/echo","#).await;
 
     assert_eq!(r.status(), 400, "{}", r.text);
     let message = r.error_message();
@@ -365,11 +379,13 @@ async fn chat_accepts_an_image_part_for_a_model_that_takes_images() {
 async fn chat_rejects_audio_and_video_parts_for_a_model_that_takes_only_images() {
     let app = spawn_app().await;
     let seeded = app.seed_license(Some(1_000_000)).await;
-    let audio = json!({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}});
+    let audio =
+        json!({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}});
     let video = json!({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}});
 
     for (part, modality) in [(audio, "audio"), (video, "video")] {
-        let body = chat_with_message("demo/echo-vision", json!({"role": "user", "content": [part]}));
+        let body =
+            chat_with_message("demo/echo-vision", json!({"role": "user", "content": [part]}));
 
         assert_rejected(
             &app,
@@ -418,8 +434,9 @@ async fn chat_rejects_a_provider_that_does_not_serve_chat() {
     let app = spawn_app().await;
     let seeded = app.seed_license(Some(1_000_000)).await;
 
-    let r =
-        app.post_with(&seeded.key, CHAT, &chat_body("Hi"), &[("X-Quantized-Provider", "exa")]).await;
+    let r = app
+        .post_with(&seeded.key, CHAT, &chat_body("Hi"), &[("X-Quantized-Provider", "exa")])
+        .await;
 
     assert_eq!(r.status(), 400, "{}", r.text);
     assert_eq!(r.error_message(), "Provider 'exa' does not support this endpoint");
@@ -431,12 +448,14 @@ async fn chat_answers_not_found_when_the_forced_provider_does_not_serve_the_mode
     let app = spawn_app().await;
     let seeded = app.seed_license(Some(1_000_000)).await;
 
-    let r = app
-        .post_with(&seeded.key, CHAT, &chat_body("Hi"), &[("X-Quantized-Provider", "openrouter")])
-        .await;
+    for provider in ["openrouter", "anthropic"] {
+        let r = app
+            .post_with(&seeded.key, CHAT, &chat_body("Hi"), &[("X-Quantized-Provider", provider)])
+            .await;
 
-    assert_eq!(r.status(), 404, "{}", r.text);
-    assert_eq!(r.error_message(), "Model 'demo/echo' not found");
+        assert_eq!(r.status(), 404, "{provider}: {}", r.text);
+        assert_eq!(r.error_message(), "Model 'demo/echo' not found", "{provider}");
+    }
     assert_eq!(usage_rows(&app), 0);
     assert_eq!(balance(&app, &seeded.key).await, 1_000_000);
 }
@@ -446,8 +465,9 @@ async fn chat_serves_the_request_when_the_forced_provider_serves_the_model() {
     let app = spawn_app().await;
     let seeded = app.seed_license(Some(1_000_000)).await;
 
-    let r =
-        app.post_with(&seeded.key, CHAT, &chat_body("Hi"), &[("X-Quantized-Provider", "demo")]).await;
+    let r = app
+        .post_with(&seeded.key, CHAT, &chat_body("Hi"), &[("X-Quantized-Provider", "demo")])
+        .await;
 
     assert_eq!(r.status(), 200, "{}", r.text);
     assert_eq!(r.json()["model"], "demo/echo");
@@ -498,6 +518,19 @@ async fn chat_answers_insufficient_credits_when_not_even_sixteen_output_tokens_f
 }
 
 #[actix_web::test]
+async fn streaming_chat_answers_insufficient_credits_as_json_before_any_event() {
+    let app = spawn_app().await;
+    let seeded = app.seed_license(Some(0)).await;
+
+    let r = app.chat(&seeded.key, &chat_with("stream", json!(true))).await;
+
+    assert_eq!(r.status(), 402, "{}", r.text);
+    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(r.error_message(), "Insufficient credits");
+    assert_eq!(usage_rows(&app), 0);
+}
+
+#[actix_web::test]
 async fn chat_serves_a_balance_too_small_for_the_full_ceiling_but_enough_for_a_short_reply() {
     let app = spawn_app().await;
     // Far below demo/echo's 256-token ceiling (640 µcr of output), above prompt + 16 tokens.
@@ -514,7 +547,8 @@ async fn chat_serves_a_balance_too_small_for_the_full_ceiling_but_enough_for_a_s
 async fn chat_answers_not_found_for_an_unknown_model() {
     let app = spawn_app().await;
     let seeded = app.seed_license(Some(1_000_000)).await;
-    let body = json!({"model": "nonexistent-model", "messages": [{"role": "user", "content": "Hi"}]});
+    let body =
+        json!({"model": "nonexistent-model", "messages": [{"role": "user", "content": "Hi"}]});
 
     let r = app.chat(&seeded.key, &body).await;
 
@@ -561,6 +595,28 @@ async fn wrong_method_answers_method_not_allowed_in_the_envelope() {
 }
 
 #[actix_web::test]
+async fn wrong_method_response_names_the_allowed_methods() {
+    let app = spawn_app().await;
+    let seeded = app.seed_license(Some(1_000_000)).await;
+
+    let r = app.get(&seeded.key, CHAT).await;
+
+    assert_eq!(r.status(), 405, "{}", r.text);
+    assert_eq!(r.error_message(), "Method not allowed");
+    assert_eq!(r.header("allow").as_deref(), Some("POST"));
+}
+
+#[actix_web::test]
+async fn health_answers_a_head_request_like_a_get() {
+    let app = spawn_app().await;
+
+    let r = app.raw("HEAD", "/health", &[], None).await;
+
+    assert_eq!(r.status(), 200, "{:?}", r.headers);
+    assert!(r.text.is_empty(), "HEAD carries no body: {}", r.text);
+}
+
+#[actix_web::test]
 async fn chat_answers_payload_too_large_above_the_configured_limit() {
     let app = spawn_app_with(|s| s.limits.max_body_bytes = 1024).await;
     let seeded = app.seed_license(Some(1_000_000)).await;
@@ -576,15 +632,23 @@ async fn chat_answers_payload_too_large_above_the_configured_limit() {
 }
 
 #[actix_web::test]
-async fn chat_serves_a_body_just_under_the_configured_limit() {
+async fn chat_serves_a_body_of_exactly_the_limit_and_refuses_one_byte_more() {
     let app = spawn_app_with(|s| s.limits.max_body_bytes = 1024).await;
     let seeded = app.seed_license(Some(1_000_000)).await;
-    let body = chat_body(&"word ".repeat(150));
-    assert!(body.to_string().len() <= 1024);
+    let sized = |len: usize| {
+        let base = chat_body("").to_string().len();
+        let body = chat_body(&"w".repeat(len - base));
+        assert_eq!(body.to_string().len(), len);
+        body
+    };
 
-    let r = app.chat(&seeded.key, &body).await;
+    let at_limit = app.chat(&seeded.key, &sized(1024)).await;
+    let over_limit = app.chat(&seeded.key, &sized(1025)).await;
 
-    assert_eq!(r.status(), 200, "{}", r.text);
+    assert_eq!(at_limit.status(), 200, "{}", at_limit.text);
+    assert_eq!(over_limit.status(), 413, "{}", over_limit.text);
+    assert_eq!(over_limit.error_message(), "Request body too large: the limit is 1024 bytes");
+    assert_eq!(usage_rows(&app), 1);
 }
 
 #[actix_web::test]
@@ -620,7 +684,8 @@ async fn chat_masks_an_unconfigured_upstream_as_service_unavailable_and_charges_
     let app = spawn_app().await;
     let seeded = app.seed_license(Some(100)).await;
     // openai/gpt-4.1-mini's only route is openrouter, which has no api_key in the tests.
-    let body = json!({"model": "openai/gpt-4.1-mini", "messages": [{"role": "user", "content": "Hi"}]});
+    let body =
+        json!({"model": "openai/gpt-4.1-mini", "messages": [{"role": "user", "content": "Hi"}]});
 
     let r = app.chat(&seeded.key, &body).await;
 
@@ -697,7 +762,8 @@ async fn bad_key_is_reported_before_a_wrong_content_type_or_an_unknown_provider(
 async fn unknown_model_is_reported_before_insufficient_credits() {
     let app = spawn_app().await;
     let seeded = app.seed_license(Some(0)).await;
-    let body = json!({"model": "nonexistent-model", "messages": [{"role": "user", "content": "Hi"}]});
+    let body =
+        json!({"model": "nonexistent-model", "messages": [{"role": "user", "content": "Hi"}]});
 
     let r = app.chat(&seeded.key, &body).await;
 
@@ -732,7 +798,7 @@ async fn modality_mismatch_is_reported_before_insufficient_credits() {
 // Headers and health
 
 #[actix_web::test]
-async fn every_error_response_carries_a_request_id() {
+async fn every_error_response_carries_a_request_id_and_a_json_body() {
     let app = spawn_app_with(|s| s.limits.max_body_bytes = 1024).await;
     let rich = app.seed_license(Some(1_000_000)).await;
     let broke = app.seed_license(Some(0)).await;
@@ -759,7 +825,9 @@ async fn every_error_response_carries_a_request_id() {
     for (status, r) in &replies {
         assert_eq!(r.status(), *status, "{}", r.text);
         r.error_message();
-        let id = r.header("x-request-id").unwrap_or_else(|| panic!("{status} without X-Request-Id"));
+        assert_eq!(r.header("content-type").as_deref(), Some("application/json"), "{status}");
+        let id =
+            r.header("x-request-id").unwrap_or_else(|| panic!("{status} without X-Request-Id"));
         assert!(id.starts_with("req_"), "{status}: {id}");
         assert!(seen.insert(id.clone()), "request id {id} reused");
     }

@@ -89,10 +89,22 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp { address, db_path, client, handle, _dir: dir }
 }
 
-async fn reply(res: Result<awc::ClientResponse<impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin>, awc::error::SendRequestError>) -> Reply {
+async fn reply(
+    res: Result<
+        awc::ClientResponse<
+            impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>>
+                + Unpin,
+        >,
+        awc::error::SendRequestError,
+    >,
+) -> Reply {
     let mut res = res.expect("request sent");
     let body = res.body().limit(64 * 1024 * 1024).await.expect("body read");
-    Reply { status: res.status(), headers: res.headers().clone(), text: String::from_utf8_lossy(&body).into_owned() }
+    Reply {
+        status: res.status(),
+        headers: res.headers().clone(),
+        text: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 impl TestApp {
@@ -101,7 +113,13 @@ impl TestApp {
     }
 
     /// Any request, raw: method, path, headers, body bytes.
-    pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
         let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.client.request(method, self.url(path));
         for (k, v) in headers {
@@ -119,13 +137,23 @@ impl TestApp {
         if body.is_some() {
             headers.push(("Content-Type", "application/json"));
         }
-        self.raw(method, &format!("/admin/v1{path}"), &headers, body.map(|b| b.to_string().into_bytes())).await
+        self.raw(
+            method,
+            &format!("/admin/v1{path}"),
+            &headers,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
     }
 
     pub async fn admin_ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let r = self.admin(method, path, body).await;
         assert!(r.status.is_success(), "{method} {path} → {}: {}", r.status, r.text);
-        if r.text.is_empty() { Value::Null } else { r.json() }
+        if r.text.is_empty() {
+            Value::Null
+        } else {
+            r.json()
+        }
     }
 
     pub async fn get(&self, key: &str, path: &str) -> Reply {
@@ -137,9 +165,16 @@ impl TestApp {
         self.post_with(key, path, body, &[]).await
     }
 
-    pub async fn post_with(&self, key: &str, path: &str, body: &Value, extra: &[(&str, &str)]) -> Reply {
+    pub async fn post_with(
+        &self,
+        key: &str,
+        path: &str,
+        body: &Value,
+        extra: &[(&str, &str)],
+    ) -> Reply {
         let auth = format!("Bearer {key}");
-        let mut headers = vec![("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        let mut headers =
+            vec![("Authorization", auth.as_str()), ("Content-Type", "application/json")];
         headers.extend_from_slice(extra);
         self.raw("POST", path, &headers, Some(body.to_string().into_bytes())).await
     }
@@ -154,7 +189,12 @@ impl TestApp {
         let n = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let institution = format!("uni-{n}");
         let license_type = format!("student-{n}");
-        self.admin_ok("POST", "/institutions", Some(json!({"alias": institution, "name": "Test University"}))).await;
+        self.admin_ok(
+            "POST",
+            "/institutions",
+            Some(json!({"alias": institution, "name": "Test University"})),
+        )
+        .await;
         self.admin_ok(
             "POST",
             "/license-types",
@@ -162,10 +202,20 @@ impl TestApp {
         )
         .await;
         let license = self
-            .admin_ok("POST", "/licenses", Some(json!({"institution": institution, "license_type": license_type})))
+            .admin_ok(
+                "POST",
+                "/licenses",
+                Some(json!({"institution": institution, "license_type": license_type})),
+            )
             .await;
         let license_id = license["license_id"].as_str().expect("license_id").to_string();
-        let key = self.admin_ok("POST", &format!("/licenses/{license_id}/keys"), Some(json!({"name": "test"}))).await;
+        let key = self
+            .admin_ok(
+                "POST",
+                &format!("/licenses/{license_id}/keys"),
+                Some(json!({"name": "test"})),
+            )
+            .await;
         Seeded {
             institution,
             license_type,
@@ -177,7 +227,8 @@ impl TestApp {
 
     /// A second key on an existing license.
     pub async fn new_key(&self, license_id: &str) -> String {
-        let key = self.admin_ok("POST", &format!("/licenses/{license_id}/keys"), Some(json!({}))).await;
+        let key =
+            self.admin_ok("POST", &format!("/licenses/{license_id}/keys"), Some(json!({}))).await;
         key["key"].as_str().expect("key").to_string()
     }
 
@@ -189,12 +240,18 @@ impl TestApp {
 
     /// A read-only view of the database, to check what was committed.
     pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(&self.db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open db")
+        rusqlite::Connection::open_with_flags(
+            &self.db_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open db")
     }
 
     pub fn query_i64(&self, sql: &str, params: impl rusqlite::Params) -> i64 {
-        self.db().query_row(sql, params, |r| r.get::<_, Option<i64>>(0)).expect("query").unwrap_or(0)
+        self.db()
+            .query_row(sql, params, |r| r.get::<_, Option<i64>>(0))
+            .expect("query")
+            .unwrap_or(0)
     }
 }
 
@@ -207,6 +264,11 @@ pub fn chat_body(text: &str) -> Value {
 pub fn sse_events(text: &str) -> Vec<String> {
     text.split("\n\n")
         .filter(|block| !block.trim().is_empty())
-        .map(|block| block.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {block:?}")).to_string())
+        .map(|block| {
+            block
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an SSE data line: {block:?}"))
+                .to_string()
+        })
         .collect()
 }

@@ -44,7 +44,8 @@ fn start_demo(dir: &Path) -> Demo {
 }
 
 fn interrupt(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    let status =
+        Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
     child.wait().expect("wait")
 }
@@ -158,7 +159,8 @@ async fn a_graceful_stop_lets_an_open_stream_finish_and_bills_it() {
     let events = sse_events(&reply.text);
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 11);
-    let billed = app.query_i64("SELECT SUM(micro_credits) FROM usage WHERE status = 'completed'", []);
+    let billed =
+        app.query_i64("SELECT SUM(micro_credits) FROM usage WHERE status = 'completed'", []);
     assert_eq!(billed, usage["usage"]["credits_used"].as_i64().unwrap());
     // Stopped: no new connections.
     assert!(app.client.get(app.url("/health")).send().await.is_err());
