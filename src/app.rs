@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ledger::{writer::Writer, writer::WriterStats, Balance, CreditLedger, GetBalance};
 use crate::metering::ledger_error;
-use crate::providers::Providers;
+use crate::providers::{start_breakers, Breakers, Providers};
 use crate::store::{self, Pool};
 use crate::telemetry;
 
@@ -27,6 +27,7 @@ pub struct AppState {
     pub registry: Addr<KeyRegistry>,
     pub catalog: Arc<CatalogCache>,
     pub ledger_stats: Arc<WriterStats>,
+    pub breakers: Breakers,
 }
 
 impl AppState {
@@ -85,8 +86,10 @@ impl Application {
             )
         })?;
         let port = listener.local_addr().context("local address")?.port();
+        let breakers = start_breakers(&settings);
         let settings = Arc::new(settings);
         let state = web::Data::new(AppState {
+            breakers: breakers.clone(),
             settings: settings.clone(),
             pool,
             ledger,
@@ -98,7 +101,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 // Providers hold per-thread HTTP clients, so each worker builds its own.
-                .app_data(web::Data::new(Providers::from_settings(&settings)))
+                .app_data(web::Data::new(Providers::new(&settings, &breakers)))
                 .wrap(middleware::from_fn(telemetry::request_context))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))

@@ -13,6 +13,7 @@ pub mod json_body;
 pub mod ledger;
 pub mod metering;
 pub mod providers;
+pub mod routing;
 pub mod store;
 pub mod telemetry;
 pub mod validation;

@@ -31,6 +31,15 @@ impl Meter {
         Ok(Meter { ledger: ledger.clone(), hold: Some(hold), record })
     }
 
+    /// Who served the request, for the usage row (known only after routing).
+    pub fn set_provider(&mut self, provider: &str) {
+        self.record.provider = provider.to_string();
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.record.request_id
+    }
+
     /// The output ceiling the hold pays for.
     pub fn max_output_tokens(&self) -> u64 {
         self.hold.as_ref().map_or(0, |h| h.max_output_tokens)

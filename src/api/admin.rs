@@ -20,6 +20,8 @@ use crate::json_body;
 use crate::ledger::price::{Price, Prices};
 use crate::ledger::Adjust;
 use crate::metering::ledger_error;
+use crate::providers::breaker::GetStatus;
+use crate::providers::CHAT_PROVIDERS;
 use crate::store::{self, keys, licenses, organisations, usage, Conn};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -61,6 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/licenses/{id}/usage", "GET").route(web::get().to(list_usage)))
     .service(resource("/keys/{id}", "DELETE").route(web::delete().to(delete_key)))
+    .service(resource("/providers", "GET").route(web::get().to(list_providers)))
     .service(resource("/models", "GET").route(web::get().to(list_models)))
     .service(resource("/models/{model_id:.+}", "PUT").route(web::put().to(put_model)));
 }
@@ -614,6 +617,31 @@ async fn list_usage(
     })
     .await?;
     Ok(ok(rows))
+}
+
+// ---- providers ----
+
+/// Each chat provider: configured or not, and its circuit breaker's state.
+async fn list_providers(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut out = Vec::new();
+    for &name in CHAT_PROVIDERS {
+        let status = match state.breakers.get(name) {
+            Some(breaker) => Some(
+                breaker
+                    .send(GetStatus)
+                    .await
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("breaker: {e}")))?,
+            ),
+            None => None,
+        };
+        out.push(json!({
+            "provider": name,
+            "configured": status.is_some(),
+            "state": status.as_ref().map(|s| s.state),
+            "consecutive_failures": status.as_ref().map(|s| s.consecutive_failures),
+        }));
+    }
+    Ok(ok(out))
 }
 
 // ---- models ----

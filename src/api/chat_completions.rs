@@ -1,6 +1,7 @@
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::stream::{self, StreamExt};
 use serde_json::Value;
 
 use crate::api::{forced_provider, read_json, streaming};
@@ -10,7 +11,11 @@ use crate::catalog::{Model, ModelKind};
 use crate::error::ApiError;
 use crate::ledger::Reserve;
 use crate::metering::{usage_json, Meter};
-use crate::providers::{ChatCall, ChatReply, Provider, Providers, UpstreamError, CHAT_PROVIDERS};
+use crate::providers::breaker::Outcome;
+use crate::providers::{
+    ChatCall, ChatReply, ChunkStream, Providers, UpstreamError, CHAT_PROVIDERS,
+};
+use crate::routing;
 use crate::store::usage::Settlement;
 use crate::telemetry::{add_upstream_wait, RequestId};
 use crate::validation::chat::{chat_request, InputModalities};
@@ -41,8 +46,9 @@ pub async fn chat_completions(
         )));
     }
     check_modalities(model, request.uses)?;
-    let (provider, upstream_model) = pick_route(model, forced, &providers)?;
-
+    if forced.is_some_and(|f| !model.served_by(f)) {
+        return Err(ApiError::model_not_found(&request.model));
+    }
     let ceiling = output_ceiling(request.max_tokens, model.max_output_tokens);
     let reserve = Reserve {
         license_id: caller.license_id.clone(),
@@ -50,35 +56,52 @@ pub async fn chat_completions(
         prompt_tokens: estimate_prompt_tokens(body_len, model.context_window),
         max_output_tokens: ceiling,
     };
+    let request_id = RequestId::of(&req);
     let record = Settlement {
-        request_id: RequestId::of(&req),
+        request_id: request_id.clone(),
         license_id: caller.license_id.clone(),
         api_key_id: Some(caller.key_id.clone()),
         endpoint: "chat.completions",
         model: model.id.clone(),
-        provider: provider.name().to_string(),
+        provider: String::new(),
         stream: request.stream,
         prompt_tokens: 0,
         completion_tokens: 0,
         micro_credits: 0,
         status: "completed",
     };
-    let meter = Meter::reserve(&state.ledger, reserve, record).await?;
+    let mut meter = Meter::reserve(&state.ledger, reserve, record).await?;
     let granted = meter.max_output_tokens();
     if granted < ceiling || request.max_tokens.is_some_and(|asked| u64::from(asked) > granted) {
         limit_output(&mut request.body, granted);
     }
 
-    let model_id = model.id.clone();
-    let call = ChatCall { upstream_model, request, max_output_tokens: granted };
+    let idle = Duration::from_secs(state.settings.limits.stream_idle_timeout_secs.max(1));
     let started = Instant::now();
-    let reply = provider.chat(call).await;
+    let served =
+        routing::first_success(model, forced, &providers, &request_id, async |provider, route| {
+            let call = ChatCall {
+                upstream_model: &route.upstream_model,
+                request: &request,
+                max_output_tokens: granted,
+            };
+            match provider.chat(&call).await? {
+                ChatReply::Stream(chunks) => {
+                    Ok(ChatReply::Stream(first_chunk_arrived(chunks, idle).await?))
+                }
+                complete => Ok(complete),
+            }
+        })
+        .await;
     add_upstream_wait(&req, started.elapsed());
-    match reply.map_err(|e| upstream_error(e, &model_id))? {
+    let served = served?;
+    meter.set_provider(served.provider);
+    match served.value {
         ChatReply::Complete { mut completion, usage } => {
+            served.permit.report(Outcome::Success);
             let settled = meter.settle(usage, "completed").await?;
             let mut usage_value = usage_json(usage, settled);
-            // Keep the upstream's extra usage details (cached tokens and the like).
+            // Keep the upstream's token details (cached tokens and the like).
             if let (Some(Value::Object(theirs)), Value::Object(ours)) =
                 (completion.remove("usage"), &mut usage_value)
             {
@@ -89,9 +112,21 @@ pub async fn chat_completions(
             completion.insert("usage".into(), usage_value);
             Ok(HttpResponse::Ok().json(completion))
         }
-        ChatReply::Stream(chunks) => {
-            Ok(streaming::relay(chunks, meter, state.settings.limits.stream_idle_timeout_secs))
-        }
+        ChatReply::Stream(chunks) => Ok(streaming::relay(chunks, meter, idle, served.permit)),
+    }
+}
+
+/// Waits for a stream's first item, so that an upstream that fails before sending anything
+/// can still fall over to the next route (nothing has reached the client yet).
+async fn first_chunk_arrived(
+    mut chunks: ChunkStream,
+    idle: Duration,
+) -> Result<ChunkStream, UpstreamError> {
+    match actix_web::rt::time::timeout(idle, chunks.next()).await {
+        Ok(Some(Ok(first))) => Ok(stream::once(async { Ok(first) }).chain(chunks).boxed_local()),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(None) => Err(UpstreamError::Unavailable("stream ended before its first event".into())),
+        Err(_) => Err(UpstreamError::Unavailable(format!("no stream event within {idle:?}"))),
     }
 }
 
@@ -111,27 +146,6 @@ fn check_modalities(model: &Model, uses: InputModalities) -> Result<(), ApiError
         }
     }
     Ok(())
-}
-
-/// The first route whose provider is configured, honouring a forced provider.
-fn pick_route<'a>(
-    model: &Model,
-    forced: Option<&str>,
-    providers: &'a Providers,
-) -> Result<(&'a Provider, String), ApiError> {
-    let mut routes =
-        model.routes.iter().filter(|r| forced.is_none_or(|f| r.provider == f)).peekable();
-    if routes.peek().is_none() {
-        return Err(ApiError::model_not_found(&model.id));
-    }
-    routes
-        .find_map(|r| providers.get(&r.provider).map(|p| (p, r.upstream_model.clone())))
-        .ok_or_else(|| {
-            ApiError::Unavailable(anyhow::anyhow!(
-                "no configured provider serves model {}",
-                model.id
-            ))
-        })
 }
 
 /// The most output the request may produce: what it asked for, within the model's limit.
@@ -163,14 +177,6 @@ fn limit_output(body: &mut serde_json::Map<String, Value>, tokens: u64) {
     }
     if !set {
         body.insert("max_tokens".into(), tokens.into());
-    }
-}
-
-fn upstream_error(e: UpstreamError, model_id: &str) -> ApiError {
-    match e {
-        UpstreamError::ModelNotFound => ApiError::model_not_found(model_id),
-        UpstreamError::BadRequest(message) => ApiError::BadRequest(message),
-        UpstreamError::Unavailable(cause) => ApiError::Unavailable(cause),
     }
 }
 

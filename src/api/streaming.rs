@@ -14,15 +14,25 @@ use tokio::sync::mpsc;
 
 use crate::error::UNAVAILABLE;
 use crate::metering::{usage_json, Meter};
+use crate::providers::breaker::{Outcome, Permit};
 use crate::providers::{ChunkStream, StreamItem, TokenUsage};
 
 /// Chunks buffered between the relay and the socket. Small, so "sent" is close to
 /// "delivered" when the client disconnects.
 const BUFFERED_CHUNKS: usize = 4;
 
-pub fn relay(chunks: ChunkStream, meter: Meter, idle_timeout_secs: u64) -> HttpResponse {
+/// `permit` learns the upstream's outcome when the stream ends: a cut or failed stream counts
+/// against the provider's circuit, a client that went away does not.
+pub fn relay(chunks: ChunkStream, meter: Meter, idle: Duration, permit: Permit) -> HttpResponse {
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFERED_CHUNKS);
-    actix_web::rt::spawn(run(chunks, meter, Duration::from_secs(idle_timeout_secs.max(1)), tx));
+    actix_web::rt::spawn(async move {
+        let status = run(chunks, meter, idle, tx).await;
+        match status {
+            "completed" => permit.report(Outcome::Success),
+            "upstream_failed" => permit.report(Outcome::Failure),
+            _ => drop(permit),
+        }
+    });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|bytes| (Ok::<_, actix_web::Error>(bytes), rx))
     });
@@ -42,7 +52,13 @@ fn event(value: &impl serde::Serialize) -> Bytes {
     Bytes::from(line)
 }
 
-async fn run(mut chunks: ChunkStream, meter: Meter, idle: Duration, tx: mpsc::Sender<Bytes>) {
+/// Relays, settles and finishes the stream; returns how it ended.
+async fn run(
+    mut chunks: ChunkStream,
+    meter: Meter,
+    idle: Duration,
+    tx: mpsc::Sender<Bytes>,
+) -> &'static str {
     let mut usage: Option<TokenUsage> = None;
     let mut delivered_tokens = 0u64;
     let mut status = "completed";
@@ -53,7 +69,7 @@ async fn run(mut chunks: ChunkStream, meter: Meter, idle: Duration, tx: mpsc::Se
             Ok(Some(item)) => item,
             Ok(None) => break,
             Err(_) => {
-                log::warn!("upstream stream idle for {idle:?}; ending it");
+                log::warn!("{} upstream stream idle for {idle:?}; ending it", meter.request_id());
                 status = "upstream_failed";
                 break;
             }
@@ -75,7 +91,7 @@ async fn run(mut chunks: ChunkStream, meter: Meter, idle: Duration, tx: mpsc::Se
             }
             Ok(StreamItem::Usage(reported)) => usage = Some(reported),
             Err(e) => {
-                log::warn!("upstream stream failed: {e:?}");
+                log::warn!("{} upstream stream failed: {e:?}", meter.request_id());
                 status = "upstream_failed";
                 break;
             }
@@ -92,7 +108,7 @@ async fn run(mut chunks: ChunkStream, meter: Meter, idle: Duration, tx: mpsc::Se
     };
     let settled = meter.settle(usage, status).await;
     if status == "client_disconnected" {
-        return;
+        return status;
     }
     if status == "upstream_failed" {
         let _ = tx.send(event(&json!({ "error": { "message": UNAVAILABLE } }))).await;
@@ -113,4 +129,5 @@ async fn run(mut chunks: ChunkStream, meter: Meter, idle: Duration, tx: mpsc::Se
         }
     }
     let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    status
 }

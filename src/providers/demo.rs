@@ -26,7 +26,7 @@ impl Demo {
         Self { token_delay: Duration::from_millis(settings.token_delay_ms) }
     }
 
-    pub fn chat(&self, call: ChatCall) -> ChatReply {
+    pub fn chat(&self, call: &ChatCall<'_>) -> ChatReply {
         let messages = call
             .request
             .body

@@ -1,18 +1,27 @@
-//! Upstream providers. Each provider turns a validated chat request into an OpenAI-shaped
-//! completion or chunk stream and reports token usage; it knows nothing of credits or keys.
-//! The handler owns billing; a provider only says what happened.
+//! Upstream providers. Each turns a validated chat request into an OpenAI-shaped completion
+//! or chunk stream and reports token usage; none knows about credits or keys. Each has a
+//! circuit breaker (an actor shared by all workers) that routing consults.
 
+pub mod anthropic;
+pub mod breaker;
 pub mod demo;
+pub mod http;
+pub mod openrouter;
+pub mod sse;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use futures_util::stream::LocalBoxStream;
+use actix::{Actor, Addr, Arbiter};
+use futures_util::stream::{LocalBoxStream, Stream, StreamExt};
 use serde_json::{Map, Value};
 
 use crate::config::Settings;
 use crate::validation::chat::ChatRequest;
+use breaker::{Breaker, ProviderActor};
+use sse::SseEvent;
 
-/// Every provider slug the gateway knows, and the endpoints each serves (design §0).
+/// Every provider slug the gateway knows, and the ones that serve chat (design §0).
 pub const KNOWN_PROVIDERS: &[&str] = &["openrouter", "anthropic", "exa", "tavily", "demo"];
 pub const CHAT_PROVIDERS: &[&str] = &["openrouter", "anthropic", "demo"];
 
@@ -22,10 +31,10 @@ pub struct TokenUsage {
     pub completion_tokens: u64,
 }
 
-/// One chat call as the provider receives it.
-pub struct ChatCall {
-    pub upstream_model: String,
-    pub request: ChatRequest,
+/// One chat call as a provider receives it (borrowed: a fallback retries the same request).
+pub struct ChatCall<'a> {
+    pub upstream_model: &'a str,
+    pub request: &'a ChatRequest,
     /// The output ceiling the credit hold pays for; never ask upstream for more.
     pub max_output_tokens: u64,
 }
@@ -37,14 +46,14 @@ pub enum StreamItem {
         /// Output tokens this chunk carries, to bill a stream cut before its usage arrives.
         completion_tokens: u64,
     },
-    /// The upstream's own count, normally at the end.
+    /// The upstream's own (cumulative) count; the latest one wins.
     Usage(TokenUsage),
 }
 
 pub type ChunkStream = LocalBoxStream<'static, Result<StreamItem, UpstreamError>>;
 
 pub enum ChatReply {
-    /// A `chat.completion` object without our usage fields, and the upstream's usage.
+    /// A `chat.completion` object without our credit fields, and the upstream's usage.
     Complete {
         completion: Map<String, Value>,
         usage: TokenUsage,
@@ -52,44 +61,151 @@ pub enum ChatReply {
     Stream(ChunkStream),
 }
 
-/// How an upstream call failed; mapped to 404, 400 or a masked 503 by the handler.
+/// How an upstream call failed. Routing decides what the client sees: 404, 400, or a
+/// masked 503 (the text of `Unavailable` is only ever logged).
 #[derive(Debug)]
 pub enum UpstreamError {
     ModelNotFound,
-    /// The upstream refused the request itself; the text is ours, safe to show.
+    /// The request was refused; the text says why and is shown to the client.
     BadRequest(String),
-    Unavailable(anyhow::Error),
+    /// This provider cannot honour the request; another route may, else 400 with this text.
+    Unsupported(String),
+    Unavailable(String),
 }
 
-pub enum Provider {
+/// Turns one upstream SSE event into what the client should get.
+pub trait StreamTranslate {
+    fn on_event(&mut self, event: &SseEvent) -> Result<Vec<StreamItem>, UpstreamError>;
+    /// True once the upstream said the stream is complete; an end of body before that is a cut.
+    fn finished(&self) -> bool;
+}
+
+/// Applies a translator to an SSE event stream; a body that ends before the translator
+/// saw the end becomes an error, so a cut upstream is never mistaken for a finished one.
+pub fn translated_stream<T: StreamTranslate + 'static>(
+    events: impl Stream<Item = Result<SseEvent, UpstreamError>> + 'static,
+    translator: T,
+) -> ChunkStream {
+    let state = (Box::pin(events), translator, std::collections::VecDeque::new(), false);
+    futures_util::stream::unfold(
+        state,
+        |(mut events, mut translator, mut pending, mut ended)| async move {
+            loop {
+                if let Some(item) = pending.pop_front() {
+                    return Some((Ok(item), (events, translator, pending, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                match events.next().await {
+                    Some(Ok(event)) => match translator.on_event(&event) {
+                        Ok(items) => pending.extend(items),
+                        Err(e) => {
+                            ended = true;
+                            return Some((Err(e), (events, translator, pending, ended)));
+                        }
+                    },
+                    Some(Err(e)) => {
+                        ended = true;
+                        return Some((Err(e), (events, translator, pending, ended)));
+                    }
+                    None => {
+                        ended = true;
+                        if !translator.finished() {
+                            let err = UpstreamError::Unavailable(
+                                "stream ended before it was complete".into(),
+                            );
+                            return Some((Err(err), (events, translator, pending, ended)));
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .boxed_local()
+}
+
+enum Backend {
     Demo(demo::Demo),
+    OpenRouter(openrouter::OpenRouter),
+    Anthropic(anthropic::Anthropic),
+}
+
+pub struct Provider {
+    pub name: &'static str,
+    pub breaker: Addr<ProviderActor>,
+    backend: Backend,
 }
 
 impl Provider {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Provider::Demo(_) => "demo",
-        }
-    }
-
-    pub async fn chat(&self, call: ChatCall) -> Result<ChatReply, UpstreamError> {
-        match self {
-            Provider::Demo(demo) => Ok(demo.chat(call)),
+    pub async fn chat(&self, call: &ChatCall<'_>) -> Result<ChatReply, UpstreamError> {
+        match &self.backend {
+            Backend::Demo(demo) => Ok(demo.chat(call)),
+            Backend::OpenRouter(p) => p.chat(call).await,
+            Backend::Anthropic(p) => p.chat(call).await,
         }
     }
 }
 
-/// The providers this gateway has configured, by slug.
+/// The circuit breakers, one per configured provider, shared by every worker.
+pub type Breakers = HashMap<&'static str, Addr<ProviderActor>>;
+
+/// Slugs of the providers this configuration enables.
+fn configured(settings: &Settings) -> Vec<&'static str> {
+    let p = &settings.providers;
+    [
+        ("openrouter", p.openrouter.is_configured()),
+        ("anthropic", p.anthropic.is_configured()),
+        ("demo", p.demo.enabled),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect()
+}
+
+pub fn start_breakers(settings: &Settings) -> Breakers {
+    let arbiter = Arbiter::new();
+    configured(settings)
+        .into_iter()
+        .map(|name| {
+            let breaker = Breaker::new(
+                settings.breaker.failure_threshold,
+                Duration::from_secs(settings.breaker.open_secs),
+            );
+            (
+                name,
+                ProviderActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                    ProviderActor::new(name, breaker)
+                }),
+            )
+        })
+        .collect()
+}
+
+/// The providers of one worker thread (HTTP clients are per thread).
 pub struct Providers {
     by_name: HashMap<&'static str, Provider>,
 }
 
 impl Providers {
-    pub fn from_settings(settings: &Settings) -> Providers {
-        let mut by_name = HashMap::new();
-        if settings.providers.demo.enabled {
-            by_name.insert("demo", Provider::Demo(demo::Demo::new(&settings.providers.demo)));
-        }
+    pub fn new(settings: &Settings, breakers: &Breakers) -> Providers {
+        let timeout = Duration::from_secs(settings.limits.upstream_timeout_secs);
+        let p = &settings.providers;
+        let by_name = breakers
+            .iter()
+            .map(|(&name, breaker)| {
+                let backend = match name {
+                    "openrouter" => {
+                        Backend::OpenRouter(openrouter::OpenRouter::new(&p.openrouter, timeout))
+                    }
+                    "anthropic" => {
+                        Backend::Anthropic(anthropic::Anthropic::new(&p.anthropic, timeout))
+                    }
+                    _ => Backend::Demo(demo::Demo::new(&p.demo)),
+                };
+                (name, Provider { name, breaker: breaker.clone(), backend })
+            })
+            .collect();
         Providers { by_name }
     }
 

@@ -1,5 +1,6 @@
 //! One test binary for the whole HTTP surface (one build, shared by every test).
 
+mod fake_upstream;
 mod helpers;
 
 mod admin;

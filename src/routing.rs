@@ -1,0 +1,69 @@
+//! Choosing an upstream for a model: its routes in order (or only the forced one), skipping
+//! providers that are not configured and circuits that are open, and falling over to the
+//! next route when a call fails before anything reached the client.
+
+use crate::catalog::{Model, Route};
+use crate::error::ApiError;
+use crate::providers::breaker::{Admission, Admit, Outcome, Permit};
+use crate::providers::{Provider, Providers, UpstreamError};
+
+/// A successful attempt: its value, who served it, and the breaker permit whose outcome the
+/// caller reports once it knows it (a stream is judged at its end).
+pub struct Served<T> {
+    pub value: T,
+    pub provider: &'static str,
+    pub permit: Permit,
+}
+
+pub async fn first_success<T>(
+    model: &Model,
+    forced: Option<&str>,
+    providers: &Providers,
+    request_id: &str,
+    mut attempt: impl AsyncFnMut(&Provider, &Route) -> Result<T, UpstreamError>,
+) -> Result<Served<T>, ApiError> {
+    let routes: Vec<&Route> =
+        model.routes.iter().filter(|r| forced.is_none_or(|f| r.provider == f)).collect();
+    if routes.is_empty() {
+        return Err(ApiError::model_not_found(&model.id));
+    }
+    let mut last =
+        UpstreamError::Unavailable(format!("no configured provider serves {}", model.id));
+    for route in routes {
+        let Some(provider) = providers.get(&route.provider) else { continue };
+        let admission = provider.breaker.send(Admit).await.unwrap_or(Admission::Refused);
+        if admission == Admission::Refused {
+            last = UpstreamError::Unavailable(format!("circuit of {} is open", provider.name));
+            continue;
+        }
+        let permit = Permit::new(provider.breaker.clone(), admission);
+        match attempt(provider, route).await {
+            Ok(value) => return Ok(Served { value, provider: provider.name, permit }),
+            Err(UpstreamError::BadRequest(message)) => {
+                // The upstream is fine; the request is not, and another route would say so too.
+                permit.report(Outcome::Success);
+                return Err(ApiError::BadRequest(message));
+            }
+            Err(UpstreamError::ModelNotFound) => {
+                permit.report(Outcome::Success);
+                last = UpstreamError::ModelNotFound;
+            }
+            // Nothing was sent: the permit is dropped as abandoned.
+            Err(unsupported @ UpstreamError::Unsupported(_)) => last = unsupported,
+            Err(UpstreamError::Unavailable(cause)) => {
+                log::warn!("{request_id} upstream {} failed: {cause}", provider.name);
+                permit.report(Outcome::Failure);
+                last = UpstreamError::Unavailable(cause);
+            }
+        }
+    }
+    Err(match last {
+        UpstreamError::ModelNotFound => ApiError::model_not_found(&model.id),
+        UpstreamError::BadRequest(message) | UpstreamError::Unsupported(message) => {
+            ApiError::BadRequest(message)
+        }
+        UpstreamError::Unavailable(cause) => {
+            ApiError::Unavailable(anyhow::anyhow!("{request_id}: {cause}"))
+        }
+    })
+}
