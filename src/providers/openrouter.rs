@@ -35,6 +35,7 @@ impl OpenRouter {
     pub async fn chat(&self, call: &ChatCall<'_>) -> Result<ChatReply, UpstreamError> {
         let mut body = call.request.body.clone();
         body.insert("model".into(), Value::String(call.upstream_model.to_string()));
+        let started = std::time::Instant::now();
         let mut res = self
             .client
             .post(&self.url)
@@ -58,7 +59,9 @@ impl OpenRouter {
                 translator,
             )));
         }
-        let bytes = http::read_body(&mut res, BODY_LIMIT, self.timeout, NAME).await?;
+        // `upstream_timeout_secs` bounds the whole call, head and body together.
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let bytes = http::read_body(&mut res, BODY_LIMIT, left, NAME).await?;
         let (completion, usage) = parse_completion(&bytes, &call.request.model)?;
         Ok(ChatReply::Complete { completion, usage })
     }

@@ -9,3 +9,4 @@ mod billing;
 mod chat_completions;
 mod errors;
 mod lifecycle;
+mod upstreams;

@@ -40,6 +40,7 @@ impl Anthropic {
             call.max_output_tokens,
             call.request.stream,
         )?;
+        let started = std::time::Instant::now();
         let mut res = self
             .client
             .post(&self.url)
@@ -59,7 +60,9 @@ impl Anthropic {
                 translator,
             )));
         }
-        let bytes = http::read_body(&mut res, BODY_LIMIT, self.timeout, NAME).await?;
+        // `upstream_timeout_secs` bounds the whole call, head and body together.
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let bytes = http::read_body(&mut res, BODY_LIMIT, left, NAME).await?;
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| UpstreamError::Unavailable(format!("{NAME}: malformed response: {e}")))?;
         let (completion, usage) = translate::from_messages_response(&value, &call.request.model)?;
