@@ -58,7 +58,7 @@ pub async fn first_success<T>(
         }
     }
     Err(match last {
-        UpstreamError::ModelNotFound => ApiError::model_not_found(&model.id),
+        UpstreamError::ModelNotFound => ApiError::model_not_found(subject),
         UpstreamError::BadRequest(message) | UpstreamError::Unsupported(message) => {
             ApiError::BadRequest(message)
         }
