@@ -15,20 +15,33 @@ pub struct Served<T> {
     pub permit: Permit,
 }
 
+/// Tries `model`'s routes; see [`first_success_of`].
 pub async fn first_success<T>(
     model: &Model,
+    forced: Option<&str>,
+    providers: &Providers,
+    request_id: &str,
+    attempt: impl AsyncFnMut(&Provider, &Route) -> Result<T, UpstreamError>,
+) -> Result<Served<T>, ApiError> {
+    first_success_of(&model.routes, &model.id, forced, providers, request_id, attempt).await
+}
+
+/// Tries `routes` in order until an attempt succeeds. `subject` names what is routed (a
+/// model id) in a 404. Endpoints without models (web search, fetch) pass their own routes.
+pub async fn first_success_of<T>(
+    routes: &[Route],
+    subject: &str,
     forced: Option<&str>,
     providers: &Providers,
     request_id: &str,
     mut attempt: impl AsyncFnMut(&Provider, &Route) -> Result<T, UpstreamError>,
 ) -> Result<Served<T>, ApiError> {
     let routes: Vec<&Route> =
-        model.routes.iter().filter(|r| forced.is_none_or(|f| r.provider == f)).collect();
+        routes.iter().filter(|r| forced.is_none_or(|f| r.provider == f)).collect();
     if routes.is_empty() {
-        return Err(ApiError::model_not_found(&model.id));
+        return Err(ApiError::model_not_found(subject));
     }
-    let mut last =
-        UpstreamError::Unavailable(format!("no configured provider serves {}", model.id));
+    let mut last = UpstreamError::Unavailable(format!("no configured provider serves {subject}"));
     for route in routes {
         let Some(provider) = providers.get(&route.provider) else { continue };
         let admission = provider.breaker.send(Admit).await.unwrap_or(Admission::Refused);
