@@ -17,7 +17,7 @@ use crate::providers::{
 };
 use crate::routing;
 use crate::store::usage::Settlement;
-use crate::telemetry::{add_upstream_wait, RequestId};
+use crate::telemetry::{add_upstream_wait, label_request, RequestId};
 use crate::validation::chat::{chat_request, InputModalities};
 
 /// Used as the output ceiling when neither the request nor the catalog gives one.
@@ -96,6 +96,7 @@ pub async fn chat_completions(
     add_upstream_wait(&req, started.elapsed());
     let served = served?;
     meter.set_provider(served.provider);
+    label_request(&req, &model.id, Some(served.provider));
     match served.value {
         ChatReply::Complete { mut completion, usage } => {
             served.permit.report(Outcome::Success);

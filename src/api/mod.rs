@@ -5,6 +5,7 @@ pub mod admin;
 pub mod chat_completions;
 pub mod health;
 pub mod license;
+pub mod metrics;
 pub mod models;
 mod streaming;
 
@@ -16,42 +17,44 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/health", "GET, HEAD")
-            .route(web::get().to(health::health))
-            .route(web::head().to(health::health)),
-    )
-    .service(
-        web::scope("/v1")
-            .service(
-                resource("/models", "GET, HEAD")
-                    .route(web::get().to(models::list_models))
-                    .route(web::head().to(models::list_models)),
-            )
-            .service(
-                resource("/license", "GET, HEAD")
-                    .route(web::get().to(license::get_license))
-                    .route(web::head().to(license::get_license)),
-            )
-            .service(
-                resource("/chat/completions", "POST")
-                    .route(web::post().to(chat_completions::chat_completions)),
-            ),
-    )
-    .service(web::scope("/admin/v1").configure(admin::configure))
-    .app_data(web::QueryConfig::default().error_handler(|err, _| {
-        let message = match err {
-            actix_web::error::QueryPayloadError::Deserialize(e) => {
-                crate::json_body::translate(".".into(), e.to_string())
-            }
-            other => format!("invalid query string: {other}"),
-        };
-        ApiError::BadRequest(message).into()
-    }))
-    .app_data(
-        web::PathConfig::default()
-            .error_handler(|err, _| ApiError::BadRequest(format!("invalid path: {err}")).into()),
-    );
+    cfg.service(resource("/metrics", "GET").route(web::get().to(metrics::metrics)))
+        .service(
+            resource("/health", "GET, HEAD")
+                .route(web::get().to(health::health))
+                .route(web::head().to(health::health)),
+        )
+        .service(
+            web::scope("/v1")
+                .service(
+                    resource("/models", "GET, HEAD")
+                        .route(web::get().to(models::list_models))
+                        .route(web::head().to(models::list_models)),
+                )
+                .service(
+                    resource("/license", "GET, HEAD")
+                        .route(web::get().to(license::get_license))
+                        .route(web::head().to(license::get_license)),
+                )
+                .service(
+                    resource("/chat/completions", "POST")
+                        .route(web::post().to(chat_completions::chat_completions)),
+                ),
+        )
+        .service(web::scope("/admin/v1").configure(admin::configure))
+        .app_data(web::QueryConfig::default().error_handler(|err, _| {
+            let message = match err {
+                actix_web::error::QueryPayloadError::Deserialize(e) => {
+                    crate::json_body::translate(".".into(), e.to_string())
+                }
+                other => format!("invalid query string: {other}"),
+            };
+            ApiError::BadRequest(message).into()
+        }))
+        .app_data(
+            web::PathConfig::default().error_handler(|err, _| {
+                ApiError::BadRequest(format!("invalid path: {err}")).into()
+            }),
+        );
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -9,4 +9,5 @@ mod billing;
 mod chat_completions;
 mod errors;
 mod lifecycle;
+mod metrics;
 mod upstreams;
