@@ -10,13 +10,12 @@ use crate::auth::Caller;
 use crate::catalog::{Model, ModelKind};
 use crate::error::ApiError;
 use crate::ledger::Reserve;
-use crate::metering::{usage_json, Meter};
+use crate::metering::{usage_json, usage_record, Meter};
 use crate::providers::breaker::Outcome;
 use crate::providers::{
-    ChatCall, ChatReply, ChunkStream, Providers, UpstreamError, CHAT_PROVIDERS,
+    ChatCall, ChatReply, ChunkStream, Providers, StreamItem, UpstreamError, CHAT_PROVIDERS,
 };
 use crate::routing;
-use crate::store::usage::Settlement;
 use crate::telemetry::{add_upstream_wait, label_request, RequestId};
 use crate::validation::chat::{chat_request, InputModalities};
 
@@ -57,19 +56,8 @@ pub async fn chat_completions(
         max_output_tokens: ceiling,
     };
     let request_id = RequestId::of(&req);
-    let record = Settlement {
-        request_id: request_id.clone(),
-        license_id: caller.license_id.clone(),
-        api_key_id: Some(caller.key_id.clone()),
-        endpoint: "chat.completions",
-        model: model.id.clone(),
-        provider: String::new(),
-        stream: request.stream,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        micro_credits: 0,
-        status: "completed",
-    };
+    let record =
+        usage_record(request_id.clone(), &caller, "chat.completions", &model.id, request.stream);
     let mut meter = Meter::reserve(&state.ledger, reserve, record).await?;
     let granted = meter.max_output_tokens();
     if granted < ceiling || request.max_tokens.is_some_and(|asked| u64::from(asked) > granted) {
@@ -117,18 +105,46 @@ pub async fn chat_completions(
     }
 }
 
-/// Waits for a stream's first item, so that an upstream that fails before sending anything
-/// can still fall over to the next route (nothing has reached the client yet).
+/// Most items held back while waiting for a stream's first content.
+const MAX_HELD_ITEMS: usize = 64;
+
+/// Waits until a stream has produced real output (text, a tool call or a finish reason),
+/// holding back what comes before it (the role chunk, early usage). Until then nothing has
+/// reached the client, so an upstream that fails can still fall over to the next route.
 async fn first_chunk_arrived(
     mut chunks: ChunkStream,
     idle: Duration,
 ) -> Result<ChunkStream, UpstreamError> {
-    match actix_web::rt::time::timeout(idle, chunks.next()).await {
-        Ok(Some(Ok(first))) => Ok(stream::once(async { Ok(first) }).chain(chunks).boxed_local()),
-        Ok(Some(Err(e))) => Err(e),
-        Ok(None) => Err(UpstreamError::Unavailable("stream ended before its first event".into())),
-        Err(_) => Err(UpstreamError::Unavailable(format!("no stream event within {idle:?}"))),
+    let mut held = Vec::new();
+    loop {
+        let item = match actix_web::rt::time::timeout(idle, chunks.next()).await {
+            Ok(Some(item)) => item?,
+            Ok(None) => {
+                return Err(UpstreamError::Unavailable(
+                    "stream ended before its first output".into(),
+                ))
+            }
+            Err(_) => {
+                return Err(UpstreamError::Unavailable(format!("no stream output within {idle:?}")))
+            }
+        };
+        let is_output = match &item {
+            StreamItem::Chunk { chunk, completion_tokens } => {
+                *completion_tokens > 0 || has_finish_reason(chunk)
+            }
+            StreamItem::Usage(_) => false,
+        };
+        held.push(Ok(item));
+        if is_output || held.len() >= MAX_HELD_ITEMS {
+            return Ok(stream::iter(held).chain(chunks).boxed_local());
+        }
     }
+}
+
+fn has_finish_reason(chunk: &serde_json::Map<String, Value>) -> bool {
+    chunk.get("choices").and_then(Value::as_array).is_some_and(|choices| {
+        choices.iter().any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+    })
 }
 
 /// Design §0: a content part the model cannot take is refused before any upstream call.
@@ -162,7 +178,7 @@ fn output_ceiling(asked: Option<u32>, model_max: Option<i64>) -> u64 {
 
 /// An estimate of the prompt that errs high: real tokenizers need at least two bytes of
 /// JSON per token, and a prompt cannot exceed the model's context window.
-fn estimate_prompt_tokens(body_len: usize, context_window: Option<i64>) -> u64 {
+pub fn estimate_prompt_tokens(body_len: usize, context_window: Option<i64>) -> u64 {
     let estimate = (body_len as u64).div_ceil(2);
     context_window.and_then(|c| u64::try_from(c).ok()).map_or(estimate, |c| estimate.min(c))
 }

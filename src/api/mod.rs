@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod chat_completions;
+pub mod embeddings;
 pub mod health;
 pub mod license;
 pub mod metrics;
@@ -38,6 +39,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/chat/completions", "POST")
                         .route(web::post().to(chat_completions::chat_completions)),
+                )
+                .service(
+                    resource("/embeddings", "POST").route(web::post().to(embeddings::embeddings)),
                 ),
         )
         .service(web::scope("/admin/v1").configure(admin::configure))

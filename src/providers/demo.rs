@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use super::{ChatCall, ChatReply, StreamItem, TokenUsage};
+use super::{ChatCall, ChatReply, Embeddings, EmbeddingsCall, StreamItem, TokenUsage};
 use crate::config::DemoProvider;
 
 /// Longest echo of the user's words, so a long prompt does not make a long reply.
@@ -97,6 +97,47 @@ impl Demo {
                 .boxed_local(),
         )
     }
+}
+
+/// Longest demo vector; `dimensions` above this is served at this size.
+const MAX_DEMO_DIMENSIONS: usize = 3072;
+const DEFAULT_DEMO_DIMENSIONS: usize = 16;
+
+impl Demo {
+    /// Deterministic unit vectors derived from each text's SHA-256; one token per word
+    /// (at least one per input).
+    pub fn embeddings(&self, call: &EmbeddingsCall<'_>) -> Embeddings {
+        let size = call
+            .request
+            .dimensions
+            .map_or(DEFAULT_DEMO_DIMENSIONS, |d| d as usize)
+            .min(MAX_DEMO_DIMENSIONS);
+        let vectors = call.request.inputs.iter().map(|text| demo_vector(text, size)).collect();
+        let prompt_tokens =
+            call.request.inputs.iter().map(|t| (t.split_whitespace().count() as u64).max(1)).sum();
+        Embeddings { vectors, prompt_tokens }
+    }
+}
+
+fn demo_vector(text: &str, size: usize) -> Vec<f64> {
+    use sha2::{Digest, Sha256};
+    let mut values = Vec::with_capacity(size);
+    let mut block = 0u32;
+    while values.len() < size {
+        let digest = Sha256::new()
+            .chain_update(block.to_le_bytes())
+            .chain_update(text.as_bytes())
+            .finalize();
+        values.extend(
+            digest
+                .chunks(2)
+                .map(|pair| (u16::from_le_bytes([pair[0], pair[1]]) as f64 / 32767.5) - 1.0),
+        );
+        block += 1;
+    }
+    values.truncate(size);
+    let norm = values.iter().map(|v| v * v).sum::<f64>().sqrt().max(f64::EPSILON);
+    values.iter().map(|v| v / norm).collect()
 }
 
 /// The text of a message's content: a string, or the `text` of its text parts.

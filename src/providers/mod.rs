@@ -18,12 +18,14 @@ use serde_json::{Map, Value};
 
 use crate::config::Settings;
 use crate::validation::chat::ChatRequest;
+use crate::validation::embeddings::EmbeddingsRequest;
 use breaker::{Breaker, ProviderActor};
 use sse::SseEvent;
 
 /// Every provider slug the gateway knows, and the ones that serve chat (design §0).
 pub const KNOWN_PROVIDERS: &[&str] = &["openrouter", "anthropic", "exa", "tavily", "demo"];
 pub const CHAT_PROVIDERS: &[&str] = &["openrouter", "anthropic", "demo"];
+pub const EMBEDDING_PROVIDERS: &[&str] = &["openrouter", "demo"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
@@ -37,6 +39,18 @@ pub struct ChatCall<'a> {
     pub request: &'a ChatRequest,
     /// The output ceiling the credit hold pays for; never ask upstream for more.
     pub max_output_tokens: u64,
+}
+
+/// One embeddings call as a provider receives it.
+pub struct EmbeddingsCall<'a> {
+    pub upstream_model: &'a str,
+    pub request: &'a EmbeddingsRequest,
+}
+
+/// One vector per input, in input order, and the upstream's input token count.
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f64>>,
+    pub prompt_tokens: u64,
 }
 
 /// A piece of an upstream stream, already in `chat.completion.chunk` shape.
@@ -143,6 +157,16 @@ impl Provider {
             Backend::Demo(demo) => Ok(demo.chat(call)),
             Backend::OpenRouter(p) => p.chat(call).await,
             Backend::Anthropic(p) => p.chat(call).await,
+        }
+    }
+
+    pub async fn embeddings(&self, call: &EmbeddingsCall<'_>) -> Result<Embeddings, UpstreamError> {
+        match &self.backend {
+            Backend::Demo(demo) => Ok(demo.embeddings(call)),
+            Backend::OpenRouter(p) => p.embeddings(call).await,
+            Backend::Anthropic(_) => Err(UpstreamError::Unsupported(
+                "Provider 'anthropic' does not serve embeddings".into(),
+            )),
         }
     }
 }

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use super::http::{self, error_message, BODY_LIMIT};
 use super::sse::SseEvent;
 use super::{
-    translated_stream, ChatCall, ChatReply, StreamItem, StreamTranslate, TokenUsage, UpstreamError,
+    translated_stream, ChatCall, ChatReply, Embeddings, EmbeddingsCall, StreamItem,
+    StreamTranslate, TokenUsage, UpstreamError,
 };
 use crate::config::HttpProvider;
 
@@ -18,6 +19,7 @@ const NAME: &str = "openrouter";
 pub struct OpenRouter {
     client: awc::Client,
     url: String,
+    embeddings_url: String,
     api_key: String,
     timeout: Duration,
 }
@@ -27,6 +29,7 @@ impl OpenRouter {
         Self {
             client: http::client(timeout),
             url: format!("{}/chat/completions", settings.base_url.trim_end_matches('/')),
+            embeddings_url: format!("{}/embeddings", settings.base_url.trim_end_matches('/')),
             api_key: settings.api_key.expose().to_string(),
             timeout,
         }
@@ -65,6 +68,58 @@ impl OpenRouter {
         let (completion, usage) = parse_completion(&bytes, &call.request.model)?;
         Ok(ChatReply::Complete { completion, usage })
     }
+}
+
+impl OpenRouter {
+    pub async fn embeddings(&self, call: &EmbeddingsCall<'_>) -> Result<Embeddings, UpstreamError> {
+        let mut body = call.request.body.clone();
+        body.insert("model".into(), Value::String(call.upstream_model.to_string()));
+        // The gateway encodes base64 itself when asked; upstream always sends floats.
+        body.insert("encoding_format".into(), Value::String("float".into()));
+        let started = std::time::Instant::now();
+        let mut res = self
+            .client
+            .post(&self.embeddings_url)
+            .bearer_auth(&self.api_key)
+            .insert_header(("X-Title", "Quantized"))
+            .send_json(&body)
+            .await
+            .map_err(|e| http::transport_error(NAME, e))?;
+        if !res.status().is_success() {
+            let text = http::error_body(&mut res).await;
+            return Err(classify_error(res.status().as_u16(), &text));
+        }
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let bytes = http::read_body(&mut res, BODY_LIMIT, left, NAME).await?;
+        parse_embeddings(&bytes, call.request.inputs.len())
+    }
+}
+
+/// Upstream vectors in input order (by their `index`), checked to be one per input.
+pub fn parse_embeddings(bytes: &[u8], inputs: usize) -> Result<Embeddings, UpstreamError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| malformed(&format!("not JSON ({e})")))?;
+    let data = value.get("data").and_then(Value::as_array).ok_or_else(|| malformed("no data"))?;
+    let prompt_tokens = value
+        .pointer("/usage/prompt_tokens")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| malformed("no usage"))?;
+    let mut vectors: Vec<Option<Vec<f64>>> = vec![None; inputs];
+    for (position, item) in data.iter().enumerate() {
+        let index = item.get("index").and_then(Value::as_u64).map_or(position, |i| i as usize);
+        let vector: Option<Vec<f64>> = item
+            .get("embedding")
+            .and_then(Value::as_array)
+            .and_then(|v| v.iter().map(Value::as_f64).collect());
+        let slot =
+            vectors.get_mut(index).ok_or_else(|| malformed("embedding index out of range"))?;
+        *slot = Some(vector.ok_or_else(|| malformed("embedding is not a list of numbers"))?);
+    }
+    let vectors = vectors
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| malformed("missing embeddings"))?;
+    Ok(Embeddings { vectors, prompt_tokens })
 }
 
 fn malformed(what: &str) -> UpstreamError {
