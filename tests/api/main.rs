@@ -7,4 +7,5 @@ mod auth;
 mod billing;
 mod chat_completions;
 mod errors;
+mod jwt;
 mod lifecycle;
