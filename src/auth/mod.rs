@@ -15,6 +15,7 @@ use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::{self, keys};
+use crate::telemetry::RequestId;
 use registry::{JwtLookup, LookupJwt, LookupKey, RememberJwt};
 
 /// The identity behind a request: the key used and the license it bills.
@@ -57,6 +58,12 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = bearer_token(req).map(str::to_string);
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        // Refusals of non-API-key tokens are logged with a reason; the id ties that line to
+        // the request's own log line.
+        let request_id = token
+            .as_deref()
+            .is_some_and(|t| !t.starts_with(keys::KEY_PREFIX))
+            .then(|| RequestId::of(req));
         Box::pin(async move {
             let state =
                 state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("AppState missing")))?;
@@ -66,9 +73,10 @@ impl FromRequest for Caller {
             let found = if token.starts_with(keys::KEY_PREFIX) {
                 api_key(&state, &token).await?
             } else if jwt::looks_like_jws(&token) {
-                institution_jwt(&state, token).await?
+                institution_jwt(&state, token, request_id.unwrap_or_default()).await?
             } else {
-                log::debug!("bearer token is neither an API key nor a JWT");
+                let id = request_id.unwrap_or_default();
+                log::debug!("{id} bearer token is neither an API key nor a JWT");
                 None
             };
             let context = found.ok_or(ApiError::Unauthorized)?;
@@ -104,6 +112,7 @@ async fn api_key(state: &AppState, token: &str) -> Result<Option<Arc<AuthContext
 async fn institution_jwt(
     state: &AppState,
     token: String,
+    request_id: String,
 ) -> Result<Option<Arc<AuthContext>>, ApiError> {
     let hash = keys::hash(&token);
     let generation = match state.registry.send(LookupJwt(hash)).await.map_err(registry_down)? {
@@ -125,11 +134,11 @@ async fn institution_jwt(
         // Garbage is routine noise; a well-formed token refused is worth an operator's eye
         // (a key not registered yet, a portal clock running fast).
         Err(reason @ jwt::Rejection::Malformed(_)) => {
-            log::debug!("JWT refused: {reason}");
+            log::debug!("{request_id} JWT refused: {reason}");
             None
         }
         Err(reason) => {
-            log::info!("JWT refused: {reason}");
+            log::info!("{request_id} JWT refused: {reason}");
             None
         }
     };
