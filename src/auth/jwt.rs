@@ -273,7 +273,8 @@ fn authenticate_inner(
         .ok_or(Rejection::UnknownInstitution(claimed))?;
     let keys = organisations::verification_keys(conn, &institution.id)?;
     let claims = verify(token, &keys, header.kid.as_deref(), leeway)?;
-    check_times(&claims, now, i64::try_from(leeway).unwrap_or(i64::MAX))?;
+    let skew = i64::try_from(leeway).unwrap_or(i64::MAX);
+    check_times(&claims, now, skew)?;
     let license_type = organisations::find_license_type(conn, &claims.license_type_id)?
         .ok_or_else(|| Rejection::UnknownLicenseType(claims.license_type_id.clone()))?;
     if license_type.institution_id != institution.id {
@@ -317,7 +318,7 @@ fn authenticate_inner(
         user_id: claims.user_id,
         // The same instant `check_times` refuses from, so a cached answer expires exactly
         // when a fresh verification would start failing.
-        expires_at: claims.exp.map(|exp| exp.saturating_add(leeway as i64)),
+        expires_at: claims.exp.map(|exp| exp.saturating_add(skew)),
     })
 }
 
