@@ -8,6 +8,7 @@ mod auth;
 mod billing;
 mod chat_completions;
 mod errors;
+mod jwt;
 mod lifecycle;
 mod metrics;
 mod upstreams;
