@@ -4,18 +4,17 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::api::chat_completions::estimate_prompt_tokens;
+use crate::api::metered::{self, Ask, Metered};
 use crate::api::{forced_provider, read_json};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::catalog::ModelKind;
 use crate::error::ApiError;
-use crate::ledger::Reserve;
-use crate::metering::{usage_record, Meter};
 use crate::providers::breaker::Outcome;
 use crate::providers::{EmbeddingsCall, Providers, TokenUsage, EMBEDDING_PROVIDERS};
 use crate::routing;
-use crate::telemetry::{add_upstream_wait, label_request, RequestId};
+use crate::telemetry::{add_upstream_wait, label_request};
+use crate::validation::chat::InputModalities;
 use crate::validation::embeddings::{embeddings_request, Encoding};
 
 /// POST /v1/embeddings: billed on input tokens only.
@@ -30,32 +29,23 @@ pub async fn embeddings(
     let (body, body_len) = read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
     let request = embeddings_request(body).map_err(ApiError::BadRequest)?;
 
-    let catalog = state.catalog.snapshot();
-    let model = catalog
-        .resolve(&request.model, forced)
-        .ok_or_else(|| ApiError::model_not_found(&request.model))?;
-    if model.kind != ModelKind::Embedding {
-        return Err(ApiError::BadRequest(format!(
-            "Model '{}' is a chat model, not an embedding model",
-            model.id
-        )));
-    }
-    if forced.is_some_and(|f| !model.served_by(f)) {
-        return Err(ApiError::model_not_found(&request.model));
-    }
-    let reserve = Reserve {
-        license_id: caller.license_id.clone(),
-        prices: catalog.prices_for(&caller.license_type_id, model),
-        prompt_tokens: estimate_prompt_tokens(body_len, model.context_window),
-        max_output_tokens: 0,
+    let ask = Ask {
+        model: &request.model,
+        kind: ModelKind::Embedding,
+        forced,
+        uses: InputModalities::default(),
+        max_output_tokens: None,
+        produces_output: false,
+        body_len,
+        endpoint: "embeddings",
+        stream: false,
     };
-    let request_id = RequestId::of(&req);
-    let record = usage_record(request_id.clone(), &caller, "embeddings", &model.id, false);
-    let mut meter = Meter::reserve(&state.ledger, reserve, record).await?;
+    let Metered { model, mut meter, request_id, .. } =
+        metered::reserve(&req, &caller, &state, ask).await?;
 
     let started = Instant::now();
     let served =
-        routing::first_success(model, forced, &providers, &request_id, async |provider, route| {
+        routing::first_success(&model, forced, &providers, &request_id, async |provider, route| {
             provider
                 .embeddings(&EmbeddingsCall {
                     upstream_model: &route.upstream_model,

@@ -6,9 +6,11 @@ pub mod chat_completions;
 pub mod embeddings;
 pub mod health;
 pub mod license;
+pub mod metered;
 pub mod metrics;
 pub mod models;
-mod streaming;
+pub mod responses;
+pub mod streaming;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -42,6 +44,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .service(
                     resource("/embeddings", "POST").route(web::post().to(embeddings::embeddings)),
+                )
+                .service(
+                    resource("/responses", "POST").route(web::post().to(responses::responses)),
                 ),
         )
         .service(web::scope("/admin/v1").configure(admin::configure))

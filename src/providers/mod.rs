@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::config::Settings;
 use crate::validation::chat::ChatRequest;
 use crate::validation::embeddings::EmbeddingsRequest;
+use crate::validation::responses::ResponsesRequest;
 use breaker::{Breaker, ProviderActor};
 use sse::SseEvent;
 
@@ -26,6 +27,8 @@ use sse::SseEvent;
 pub const KNOWN_PROVIDERS: &[&str] = &["openrouter", "anthropic", "exa", "tavily", "demo"];
 pub const CHAT_PROVIDERS: &[&str] = &["openrouter", "anthropic", "demo"];
 pub const EMBEDDING_PROVIDERS: &[&str] = &["openrouter", "demo"];
+/// The public docs give only OpenRouter for the Responses API (design §0); demo is ours.
+pub const RESPONSES_PROVIDERS: &[&str] = &["openrouter", "demo"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
@@ -38,6 +41,13 @@ pub struct ChatCall<'a> {
     pub upstream_model: &'a str,
     pub request: &'a ChatRequest,
     /// The output ceiling the credit hold pays for; never ask upstream for more.
+    pub max_output_tokens: u64,
+}
+
+/// One Responses API call as a provider receives it.
+pub struct ResponsesCall<'a> {
+    pub upstream_model: &'a str,
+    pub request: &'a ResponsesRequest,
     pub max_output_tokens: u64,
 }
 
@@ -62,6 +72,9 @@ pub enum StreamItem {
     },
     /// The upstream's own (cumulative) count; the latest one wins.
     Usage(TokenUsage),
+    /// A terminal event (Responses API `response.completed`) that must carry our credits, so
+    /// the relay sends it only after settling.
+    Final(Map<String, Value>),
 }
 
 pub type ChunkStream = LocalBoxStream<'static, Result<StreamItem, UpstreamError>>;
@@ -157,6 +170,17 @@ impl Provider {
             Backend::Demo(demo) => Ok(demo.chat(call)),
             Backend::OpenRouter(p) => p.chat(call).await,
             Backend::Anthropic(p) => p.chat(call).await,
+        }
+    }
+
+    /// A Responses API call: `Complete` holds a `response` object, `Stream` its events.
+    pub async fn responses(&self, call: &ResponsesCall<'_>) -> Result<ChatReply, UpstreamError> {
+        match &self.backend {
+            Backend::Demo(demo) => Ok(demo.responses(call)),
+            Backend::OpenRouter(p) => p.responses(call).await,
+            Backend::Anthropic(_) => Err(UpstreamError::Unsupported(
+                "Provider 'anthropic' does not support the Responses API".into(),
+            )),
         }
     }
 

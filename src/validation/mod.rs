@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 pub mod chat;
 pub mod embeddings;
+pub mod responses;
 
 /// The exact client-facing 400 message.
 pub type Invalid = String;
