@@ -7,6 +7,7 @@ mod admin;
 mod auth;
 mod billing;
 mod chat_completions;
+mod endpoints;
 mod errors;
 mod jwt;
 mod lifecycle;
