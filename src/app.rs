@@ -9,7 +9,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 
 use crate::api;
-use crate::auth::registry::KeyRegistry;
+use crate::auth::registry::{AuthCaches, KeyRegistry};
 use crate::catalog::{self, CatalogCache};
 use crate::config::Settings;
 use crate::error::ApiError;
@@ -26,6 +26,8 @@ pub struct AppState {
     pub pool: Pool,
     pub ledger: Addr<CreditLedger>,
     pub registry: Addr<KeyRegistry>,
+    /// The registry's caches, read directly on the hot path.
+    pub auth_caches: AuthCaches,
     pub catalog: Arc<CatalogCache>,
     pub ledger_stats: Arc<WriterStats>,
     pub breakers: Breakers,
@@ -77,8 +79,10 @@ impl Application {
             CreditLedger::new(ledger_pool, writer)
         });
         let registry_pool = pool.clone();
+        let auth_caches = AuthCaches::default();
+        let registry_caches = auth_caches.clone();
         let registry = KeyRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            KeyRegistry::new(registry_pool)
+            KeyRegistry::new(registry_pool, registry_caches)
         });
 
         let listener = TcpListener::bind(&settings.listen).with_context(|| {
@@ -97,6 +101,7 @@ impl Application {
             pool,
             ledger,
             registry,
+            auth_caches,
             catalog,
             ledger_stats,
         });

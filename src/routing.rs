@@ -44,12 +44,16 @@ pub async fn first_success_of<T>(
     let mut last = UpstreamError::Unavailable(format!("no configured provider serves {subject}"));
     for route in routes {
         let Some(provider) = providers.get(&route.provider) else { continue };
-        let admission = provider.breaker.send(Admit).await.unwrap_or(Admission::Refused);
+        let admission = if provider.health.is_clean() {
+            Admission::Allowed
+        } else {
+            provider.breaker.send(Admit).await.unwrap_or(Admission::Refused)
+        };
         if admission == Admission::Refused {
             last = UpstreamError::Unavailable(format!("circuit of {} is open", provider.name));
             continue;
         }
-        let permit = Permit::new(provider.breaker.clone(), admission);
+        let permit = Permit::new(provider.breaker.clone(), provider.health.clone(), admission);
         match attempt(provider, route).await {
             Ok(value) => return Ok(Served { value, provider: provider.name, permit }),
             Err(UpstreamError::BadRequest(message)) => {

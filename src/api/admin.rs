@@ -626,7 +626,7 @@ async fn list_providers(_: Admin, state: web::Data<AppState>) -> Result<HttpResp
     let mut out = Vec::new();
     for &name in CHAT_PROVIDERS {
         let status = match state.breakers.get(name) {
-            Some(breaker) => Some(
+            Some((breaker, _)) => Some(
                 breaker
                     .send(GetStatus)
                     .await

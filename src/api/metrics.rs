@@ -20,6 +20,7 @@ pub async fn metrics(_: Admin, state: web::Data<AppState>) -> Result<HttpRespons
     let mut failures = String::new();
     for name in names {
         let status = state.breakers[name]
+            .0
             .send(GetStatus)
             .await
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("breaker: {e}")))?;

@@ -99,9 +99,13 @@ async fn api_key(state: &AppState, token: &str) -> Result<Option<Arc<AuthContext
     if token.len() > 256 {
         return Ok(None);
     }
+    let hash = keys::hash(token);
+    if let Some(found) = state.auth_caches.keys.fresh(&hash) {
+        return Ok(found);
+    }
     state
         .registry
-        .send(LookupKey(keys::hash(token)))
+        .send(LookupKey(hash))
         .await
         .map_err(registry_down)?
         .map_err(ApiError::Unavailable)
@@ -115,6 +119,9 @@ async fn institution_jwt(
     request_id: String,
 ) -> Result<Option<Arc<AuthContext>>, ApiError> {
     let hash = keys::hash(&token);
+    if let Some(found) = state.auth_caches.jwts.fresh(&hash) {
+        return Ok(found);
+    }
     let generation = match state.registry.send(LookupJwt(hash)).await.map_err(registry_down)? {
         JwtLookup::Known(found) => return Ok(found),
         JwtLookup::Unknown { generation } => generation,

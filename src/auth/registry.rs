@@ -4,7 +4,7 @@
 //! deleted public key, is refused from the very next request.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -22,11 +22,39 @@ const MAX_ENTRIES: usize = 100_000;
 
 type Cache = HashMap<KeyHash, (Option<Arc<AuthContext>>, Instant)>;
 
+/// A cache the registry writes and request handlers read directly, so a known key costs a
+/// read lock instead of a message round trip to the actor (the hot path of every request).
+#[derive(Clone, Default)]
+pub struct SharedCache(Arc<RwLock<Cache>>);
+
+impl SharedCache {
+    /// The cached answer for `hash`, if it is still fresh.
+    pub fn fresh(&self, hash: &KeyHash) -> Option<Option<Arc<AuthContext>>> {
+        let cache = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fresh(&cache, hash, Instant::now())
+    }
+
+    fn remember(&self, hash: KeyHash, found: Option<Arc<AuthContext>>, now: Instant) {
+        let mut cache = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        remember(&mut cache, hash, found, now);
+    }
+
+    fn clear(&self) {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+}
+
+/// The registry's two caches, shared with the `Caller` extractor.
+#[derive(Clone, Default)]
+pub struct AuthCaches {
+    pub keys: SharedCache,
+    /// Verified JWTs (and refused ones, briefly) by the SHA-256 of the token.
+    pub jwts: SharedCache,
+}
+
 pub struct KeyRegistry {
     pool: Pool,
-    cache: Cache,
-    /// Verified JWTs (and refused ones, briefly) by the SHA-256 of the token.
-    jwt_cache: Cache,
+    caches: AuthCaches,
     /// Counts `InvalidateAll`s. A JWT verified outside the actor is cached only if no
     /// invalidation happened meanwhile, so a key deleted mid-verification cannot be undone.
     generation: u64,
@@ -47,8 +75,8 @@ fn remember(cache: &mut Cache, hash: KeyHash, found: Option<Arc<AuthContext>>, n
 }
 
 impl KeyRegistry {
-    pub fn new(pool: Pool) -> Self {
-        Self { pool, cache: HashMap::new(), jwt_cache: HashMap::new(), generation: 0 }
+    pub fn new(pool: Pool, caches: AuthCaches) -> Self {
+        Self { pool, caches, generation: 0 }
     }
 
     fn load(&self, hash: &KeyHash) -> anyhow::Result<Option<Arc<AuthContext>>> {
@@ -90,12 +118,11 @@ impl Handler<LookupKey> for KeyRegistry {
     type Result = anyhow::Result<Option<Arc<AuthContext>>>;
 
     fn handle(&mut self, LookupKey(hash): LookupKey, _: &mut Context<Self>) -> Self::Result {
-        let now = Instant::now();
-        if let Some(found) = fresh(&self.cache, &hash, now) {
+        if let Some(found) = self.caches.keys.fresh(&hash) {
             return Ok(found);
         }
         let found = self.load(&hash)?;
-        remember(&mut self.cache, hash, found.clone(), now);
+        self.caches.keys.remember(hash, found.clone(), Instant::now());
         Ok(found)
     }
 }
@@ -119,7 +146,7 @@ impl Handler<LookupJwt> for KeyRegistry {
     type Result = MessageResult<LookupJwt>;
 
     fn handle(&mut self, LookupJwt(hash): LookupJwt, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(match fresh(&self.jwt_cache, &hash, Instant::now()) {
+        MessageResult(match self.caches.jwts.fresh(&hash) {
             Some(found) => JwtLookup::Known(found),
             None => JwtLookup::Unknown { generation: self.generation },
         })
@@ -140,7 +167,7 @@ impl Handler<RememberJwt> for KeyRegistry {
 
     fn handle(&mut self, msg: RememberJwt, _: &mut Context<Self>) {
         if msg.generation == self.generation {
-            remember(&mut self.jwt_cache, msg.hash, msg.found, Instant::now());
+            self.caches.jwts.remember(msg.hash, msg.found, Instant::now());
         }
     }
 }
@@ -154,8 +181,8 @@ impl Handler<InvalidateAll> for KeyRegistry {
     type Result = ();
 
     fn handle(&mut self, _: InvalidateAll, _: &mut Context<Self>) {
-        self.cache.clear();
-        self.jwt_cache.clear();
+        self.caches.keys.clear();
+        self.caches.jwts.clear();
         self.generation += 1;
     }
 }

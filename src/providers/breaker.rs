@@ -4,6 +4,8 @@
 //! closed → open after `threshold` consecutive failures → after `open_for`, one half-open
 //! probe → closed on its success, open again on its failure.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -120,15 +122,38 @@ impl Breaker {
     }
 }
 
+/// Published by the actor: true while the circuit is closed with no failure counted. Then
+/// admission is certain and a success changes nothing, so handlers skip both messages —
+/// the actor is only consulted when something is wrong.
+#[derive(Clone)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Health {
+    pub fn is_clean(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// One per provider; handlers ask before calling and report after.
 pub struct ProviderActor {
     name: &'static str,
     breaker: Breaker,
+    health: Health,
 }
 
 impl ProviderActor {
     pub fn new(name: &'static str, breaker: Breaker) -> Self {
-        Self { name, breaker }
+        Self { name, breaker, health: Health(Arc::new(AtomicBool::new(true))) }
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    fn publish(&self) {
+        let clean =
+            self.breaker.state() == State::Closed && self.breaker.consecutive_failures() == 0;
+        self.health.0.store(clean, Ordering::Release);
     }
 }
 
@@ -146,6 +171,7 @@ impl Handler<Admit> for ProviderActor {
     fn handle(&mut self, _: Admit, _: &mut Context<Self>) -> Self::Result {
         let before = self.breaker.state();
         let admission = self.breaker.admit(Instant::now());
+        self.publish();
         if self.breaker.state() != before {
             log::warn!("circuit {}: {before:?} → {:?} (probing)", self.name, self.breaker.state());
         }
@@ -165,7 +191,9 @@ impl Handler<RecordOutcome> for ProviderActor {
 
     fn handle(&mut self, msg: RecordOutcome, _: &mut Context<Self>) {
         let before = self.breaker.state();
-        if let Some(after) = self.breaker.record(msg.admission, msg.outcome, Instant::now()) {
+        let changed = self.breaker.record(msg.admission, msg.outcome, Instant::now());
+        self.publish();
+        if let Some(after) = changed {
             log::warn!(
                 "circuit {}: {before:?} → {after:?} after {} consecutive failure(s)",
                 self.name,
@@ -209,26 +237,37 @@ impl Handler<GetStatus> for ProviderActor {
 /// so a cancelled probe never leaves the circuit stuck half-open.
 pub struct Permit {
     actor: Addr<ProviderActor>,
+    health: Health,
     admission: Admission,
     reported: bool,
 }
 
 impl Permit {
-    pub fn new(actor: Addr<ProviderActor>, admission: Admission) -> Self {
-        Self { actor, admission, reported: false }
+    pub fn new(actor: Addr<ProviderActor>, health: Health, admission: Admission) -> Self {
+        Self { actor, health, admission, reported: false }
     }
 
     pub fn report(mut self, outcome: Outcome) {
         self.reported = true;
-        self.actor.do_send(RecordOutcome { admission: self.admission, outcome });
+        self.send(outcome);
+    }
+
+    fn send(&self, outcome: Outcome) {
+        // Only a probe's or a failure's outcome can change a clean circuit; the rest is news
+        // to nobody (checked now, not at admission: failures may have come in meanwhile).
+        let news = self.admission == Admission::Probe
+            || outcome == Outcome::Failure
+            || (outcome == Outcome::Success && !self.health.is_clean());
+        if news {
+            self.actor.do_send(RecordOutcome { admission: self.admission, outcome });
+        }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.reported {
-            self.actor
-                .do_send(RecordOutcome { admission: self.admission, outcome: Outcome::Abandoned });
+            self.send(Outcome::Abandoned);
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::validation::chat::ChatRequest;
 use crate::validation::embeddings::EmbeddingsRequest;
 use crate::validation::responses::ResponsesRequest;
-use breaker::{Breaker, ProviderActor};
+use breaker::{Breaker, Health, ProviderActor};
 use sse::SseEvent;
 
 /// Every provider slug the gateway knows, and the ones that serve chat (design §0).
@@ -161,6 +161,7 @@ enum Backend {
 pub struct Provider {
     pub name: &'static str,
     pub breaker: Addr<ProviderActor>,
+    pub health: Health,
     backend: Backend,
 }
 
@@ -196,7 +197,7 @@ impl Provider {
 }
 
 /// The circuit breakers, one per configured provider, shared by every worker.
-pub type Breakers = HashMap<&'static str, Addr<ProviderActor>>;
+pub type Breakers = HashMap<&'static str, (Addr<ProviderActor>, Health)>;
 
 /// Slugs of the providers this configuration enables.
 fn configured(settings: &Settings) -> Vec<&'static str> {
@@ -216,16 +217,13 @@ pub fn start_breakers(settings: &Settings) -> Breakers {
     configured(settings)
         .into_iter()
         .map(|name| {
-            let breaker = Breaker::new(
-                settings.breaker.failure_threshold,
-                Duration::from_secs(settings.breaker.open_secs),
-            );
-            (
+            let open_for = Duration::from_secs(settings.breaker.open_secs);
+            let actor = ProviderActor::new(
                 name,
-                ProviderActor::start_in_arbiter(&arbiter.handle(), move |_| {
-                    ProviderActor::new(name, breaker)
-                }),
-            )
+                Breaker::new(settings.breaker.failure_threshold, open_for),
+            );
+            let health = actor.health();
+            (name, (ProviderActor::start_in_arbiter(&arbiter.handle(), move |_| actor), health))
         })
         .collect()
 }
@@ -241,7 +239,7 @@ impl Providers {
         let p = &settings.providers;
         let by_name = breakers
             .iter()
-            .map(|(&name, breaker)| {
+            .map(|(&name, (breaker, health))| {
                 let backend = match name {
                     "openrouter" => {
                         Backend::OpenRouter(openrouter::OpenRouter::new(&p.openrouter, timeout))
@@ -251,7 +249,7 @@ impl Providers {
                     }
                     _ => Backend::Demo(demo::Demo::new(&p.demo)),
                 };
-                (name, Provider { name, breaker: breaker.clone(), backend })
+                (name, Provider { name, breaker: breaker.clone(), health: health.clone(), backend })
             })
             .collect();
         Providers { by_name }
