@@ -6,6 +6,7 @@ pub mod chat_completions;
 pub mod health;
 pub mod license;
 pub mod models;
+pub mod search;
 mod streaming;
 
 use actix_web::http::header;
@@ -36,7 +37,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(
                 resource("/chat/completions", "POST")
                     .route(web::post().to(chat_completions::chat_completions)),
-            ),
+            )
+            .service(resource("/web-search", "POST").route(web::post().to(search::web_search)))
+            .service(resource("/fetch", "POST").route(web::post().to(search::fetch))),
     )
     .service(web::scope("/admin/v1").configure(admin::configure))
     .app_data(web::QueryConfig::default().error_handler(|err, _| {

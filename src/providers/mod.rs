@@ -1,13 +1,18 @@
 //! Upstream providers. Each turns a validated chat request into an OpenAI-shaped completion
-//! or chunk stream and reports token usage; none knows about credits or keys. Each has a
+//! or chunk stream and reports token usage, or (Exa, Tavily, demo) a web search or fetch into
+//! the documented result shapes (`search.rs`); none knows about credits or keys. Each has a
 //! circuit breaker (an actor shared by all workers) that routing consults.
 
 pub mod anthropic;
 pub mod breaker;
 pub mod demo;
+mod demo_search;
+pub mod exa;
 pub mod http;
 pub mod openrouter;
+pub mod search;
 pub mod sse;
+pub mod tavily;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +29,8 @@ use sse::SseEvent;
 /// Every provider slug the gateway knows, and the ones that serve chat (design §0).
 pub const KNOWN_PROVIDERS: &[&str] = &["openrouter", "anthropic", "exa", "tavily", "demo"];
 pub const CHAT_PROVIDERS: &[&str] = &["openrouter", "anthropic", "demo"];
+/// The providers of `/v1/web-search` and `/v1/fetch`, in default route order.
+pub const SEARCH_PROVIDERS: &[&str] = &["exa", "tavily", "demo"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
@@ -129,6 +136,8 @@ enum Backend {
     Demo(demo::Demo),
     OpenRouter(openrouter::OpenRouter),
     Anthropic(anthropic::Anthropic),
+    Exa(exa::Exa),
+    Tavily(tavily::Tavily),
 }
 
 pub struct Provider {
@@ -143,6 +152,10 @@ impl Provider {
             Backend::Demo(demo) => Ok(demo.chat(call)),
             Backend::OpenRouter(p) => p.chat(call).await,
             Backend::Anthropic(p) => p.chat(call).await,
+            Backend::Exa(_) | Backend::Tavily(_) => Err(UpstreamError::Unsupported(format!(
+                "Provider '{}' does not support this endpoint",
+                self.name
+            ))),
         }
     }
 }
@@ -156,6 +169,8 @@ fn configured(settings: &Settings) -> Vec<&'static str> {
     [
         ("openrouter", p.openrouter.is_configured()),
         ("anthropic", p.anthropic.is_configured()),
+        ("exa", p.exa.is_configured()),
+        ("tavily", p.tavily.is_configured()),
         ("demo", p.demo.enabled),
     ]
     .into_iter()
@@ -201,6 +216,8 @@ impl Providers {
                     "anthropic" => {
                         Backend::Anthropic(anthropic::Anthropic::new(&p.anthropic, timeout))
                     }
+                    "exa" => Backend::Exa(exa::Exa::new(&p.exa, timeout)),
+                    "tavily" => Backend::Tavily(tavily::Tavily::new(&p.tavily, timeout)),
                     _ => Backend::Demo(demo::Demo::new(&p.demo)),
                 };
                 (name, Provider { name, breaker: breaker.clone(), backend })

@@ -19,6 +19,7 @@ use std::fmt::Display;
 use serde_json::{Map, Value};
 
 pub mod chat;
+pub mod search;
 
 /// The exact client-facing 400 message.
 pub type Invalid = String;

@@ -9,7 +9,9 @@ pub const OPENROUTER_KEY: &str = "sk-or-v1-test-key";
 pub const ANTHROPIC_KEY: &str = "sk-ant-test-key";
 
 /// The gateway with both HTTP providers pointed at one fake upstream.
-pub async fn spawn_with_upstream(configure: impl FnOnce(&mut quantized::Settings)) -> (TestApp, FakeUpstream) {
+pub async fn spawn_with_upstream(
+    configure: impl FnOnce(&mut quantized::Settings),
+) -> (TestApp, FakeUpstream) {
     let upstream = FakeUpstream::start().await;
     let (openrouter, anthropic) = (upstream.openrouter_url(), upstream.anthropic_url());
     let app = spawn_app_with(|s| {
@@ -47,7 +49,10 @@ async fn openrouter_non_stream_is_relayed_and_billed_from_its_usage() {
     assert_eq!(sent.route, "openrouter");
     assert_eq!(sent.header("authorization"), Some(format!("Bearer {OPENROUTER_KEY}").as_str()));
     assert_eq!(sent.body["model"], "openai/gpt-4.1-mini");
-    assert!(!sent.headers.iter().any(|(_, v)| v.contains(&seeded.key)), "the client's key is never forwarded");
+    assert!(
+        !sent.headers.iter().any(|(_, v)| v.contains(&seeded.key)),
+        "the client's key is never forwarded"
+    );
 }
 
 #[actix_web::test]
@@ -62,8 +67,10 @@ async fn anthropic_stream_is_translated_to_chunks_and_billed() {
     assert_eq!(r.status(), 200, "{}", r.text);
     let events = sse_events(&r.text);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let text: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, "Hello from the fake upstream");
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["prompt_tokens"], 11);

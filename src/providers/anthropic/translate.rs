@@ -753,8 +753,8 @@ pub fn classify_error(status: u16, body: &[u8]) -> UpstreamError {
 
 #[cfg(test)]
 mod tests {
-    use crate::providers::sse::SseParser;
     use super::*;
+    use crate::providers::sse::SseParser;
 
     fn body(v: Value) -> Map<String, Value> {
         into_map(v)
