@@ -1,5 +1,6 @@
 //! One test binary for the whole HTTP surface (one build, shared by every test).
 
+mod fake_search;
 mod fake_upstream;
 mod helpers;
 
@@ -10,3 +11,4 @@ mod chat_completions;
 mod errors;
 mod lifecycle;
 mod upstreams;
+mod web_search;
