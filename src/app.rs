@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ledger::{writer::Writer, writer::WriterStats, Balance, CreditLedger, GetBalance};
 use crate::metering::ledger_error;
+use crate::metrics::Metrics;
 use crate::providers::{start_breakers, Breakers, Providers};
 use crate::store::{self, Pool};
 use crate::telemetry;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub catalog: Arc<CatalogCache>,
     pub ledger_stats: Arc<WriterStats>,
     pub breakers: Breakers,
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ impl Application {
         let settings = Arc::new(settings);
         let state = web::Data::new(AppState {
             breakers: breakers.clone(),
+            metrics: Metrics::default(),
             settings: settings.clone(),
             pool,
             ledger,

@@ -8,6 +8,9 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 const ENV_PREFIX: &str = "QUANTIZED_";
+/// More skew than this means a broken clock, not a slow one; accepting it would keep expired
+/// tokens alive for hours.
+const MAX_JWT_LEEWAY_SECS: u64 = 3600;
 /// Used by `quantized admin`, not by the server; accepted in the environment without a warning.
 const CLIENT_ONLY_ENV: &[&str] = &["QUANTIZED_URL"];
 
@@ -27,6 +30,7 @@ pub struct Settings {
     /// Unset: `data/models.toml` if present, else the copy built into the binary.
     pub models: Option<PathBuf>,
     pub store: StoreSettings,
+    pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub breaker: BreakerSettings,
     pub providers: ProviderSettings,
@@ -45,6 +49,15 @@ pub enum SyncMode {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
     pub sync: SyncMode,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Clock skew allowed when judging an institution JWT's `exp`, `nbf` and `iat`, in
+    /// seconds. Too small and tokens from a portal whose clock runs slightly ahead are refused
+    /// as "not yet valid"; too large and an expired token keeps working that much longer.
+    pub jwt_leeway_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -135,6 +148,7 @@ impl Default for Settings {
             workers: 0,
             models: None,
             store: StoreSettings::default(),
+            auth: AuthSettings::default(),
             limits: LimitSettings::default(),
             breaker: BreakerSettings::default(),
             providers: ProviderSettings::default(),
@@ -145,6 +159,12 @@ impl Default for Settings {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self { sync: SyncMode::Normal }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self { jwt_leeway_secs: 30 }
     }
 }
 
@@ -222,6 +242,9 @@ impl Settings {
     fn validate(&self) -> anyhow::Result<()> {
         if self.limits.max_body_bytes < 1024 {
             bail!("limits.max_body_bytes must be at least 1024");
+        }
+        if self.auth.jwt_leeway_secs > MAX_JWT_LEEWAY_SECS {
+            bail!("auth.jwt_leeway_secs must be at most {MAX_JWT_LEEWAY_SECS}");
         }
         if self.breaker.failure_threshold == 0 {
             bail!("breaker.failure_threshold must be at least 1");
@@ -342,6 +365,7 @@ mod tests {
                 ("QUANTIZED_PROVIDERS__ANTHROPIC__API_KEY", "sk-ant"),
                 ("QUANTIZED_BREAKER__OPEN_SECS", "7"),
                 ("QUANTIZED_PROVIDERS__DEMO__ENABLED", "true"),
+                ("QUANTIZED_AUTH__JWT_LEEWAY_SECS", "5"),
                 ("QUANTIZED_URL", "http://x"),
                 ("PATH", "/bin"),
             ]),
@@ -354,6 +378,17 @@ mod tests {
         assert_eq!(s.providers.anthropic.api_key.expose(), "sk-ant");
         assert_eq!(s.breaker.open_secs, 7);
         assert!(s.providers.demo.enabled);
+        assert_eq!(s.auth.jwt_leeway_secs, 5);
+    }
+
+    #[test]
+    fn jwt_leeway_defaults_to_30_seconds_and_refuses_hours() {
+        assert_eq!(Settings::load_with_env(None, env(&[])).unwrap().auth.jwt_leeway_secs, 30);
+        let err =
+            Settings::load_with_env(None, env(&[("QUANTIZED_AUTH__JWT_LEEWAY_SECS", "7200")]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("auth.jwt_leeway_secs"), "{err}");
     }
 
     #[test]

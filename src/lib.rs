@@ -12,6 +12,7 @@ pub mod error;
 pub mod json_body;
 pub mod ledger;
 pub mod metering;
+pub mod metrics;
 pub mod providers;
 pub mod routing;
 pub mod store;

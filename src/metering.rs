@@ -5,6 +5,7 @@
 use actix::Addr;
 use serde_json::{json, Value};
 
+use crate::auth::AuthContext;
 use crate::error::ApiError;
 use crate::ledger::{CreditLedger, Hold, LedgerError, Release, Reserve, Settle, Settled};
 use crate::providers::TokenUsage;
@@ -71,6 +72,29 @@ impl Drop for Meter {
         if let Some(hold) = self.hold.take() {
             self.ledger.do_send(Release(hold));
         }
+    }
+}
+
+/// The usage row of a metered request before it is settled: who, what, where.
+pub fn usage_record(
+    request_id: String,
+    caller: &AuthContext,
+    endpoint: &'static str,
+    model: &str,
+    stream: bool,
+) -> Settlement {
+    Settlement {
+        request_id,
+        license_id: caller.license_id.clone(),
+        api_key_id: Some(caller.key_id.clone()),
+        endpoint,
+        model: model.to_string(),
+        provider: String::new(),
+        stream,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        micro_credits: 0,
+        status: "completed",
     }
 }
 

@@ -7,7 +7,10 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, HttpRequest};
+use actix_web::{web, HttpMessage, HttpRequest};
+
+use crate::app::AppState;
+use crate::metrics::RequestLabels;
 
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
@@ -45,7 +48,15 @@ pub async fn request_context(
     let mut res = next.call(req).await?;
     let upstream =
         res.request().extensions().get::<UpstreamWait>().map(|w| w.0.get()).unwrap_or_default();
-    let overhead_ms = started.elapsed().saturating_sub(upstream).as_secs_f64() * 1000.0;
+    let overhead = started.elapsed().saturating_sub(upstream);
+    let overhead_ms = overhead.as_secs_f64() * 1000.0;
+    if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
+        let labels = res.request().extensions().get::<RequestLabels>().cloned();
+        state.metrics.record_request(&path, labels.as_ref(), res.status().as_u16(), overhead);
+        if !upstream.is_zero() {
+            state.metrics.upstream.observe(upstream);
+        }
+    }
     let headers = res.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(HeaderName::from_static("x-request-id"), value);
@@ -55,6 +66,11 @@ pub async fn request_context(
     }
     log::info!(target: "quantized::request", "{id} {method} {path} {} overhead={overhead_ms:.3}ms", res.status().as_u16());
     Ok(res)
+}
+
+/// Names the model and provider of a request in its metrics.
+pub fn label_request(req: &HttpRequest, model: &str, provider: Option<&'static str>) {
+    req.extensions_mut().insert(RequestLabels { model: Some(model.to_string()), provider });
 }
 
 pub fn init_logging() {

@@ -1,27 +1,20 @@
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::stream::{self, StreamExt};
 use serde_json::Value;
 
+use crate::api::metered::{self, Ask, Metered};
 use crate::api::{forced_provider, read_json, streaming};
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::catalog::{Model, ModelKind};
+use crate::catalog::ModelKind;
 use crate::error::ApiError;
-use crate::ledger::Reserve;
-use crate::metering::{usage_json, Meter};
+use crate::metering::usage_json;
 use crate::providers::breaker::Outcome;
-use crate::providers::{
-    ChatCall, ChatReply, ChunkStream, Providers, UpstreamError, CHAT_PROVIDERS,
-};
+use crate::providers::{ChatCall, ChatReply, Providers, CHAT_PROVIDERS};
 use crate::routing;
-use crate::store::usage::Settlement;
-use crate::telemetry::{add_upstream_wait, RequestId};
-use crate::validation::chat::{chat_request, InputModalities};
-
-/// Used as the output ceiling when neither the request nor the catalog gives one.
-const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+use crate::telemetry::{add_upstream_wait, label_request};
+use crate::validation::chat::chat_request;
 
 /// POST /v1/chat/completions
 pub async fn chat_completions(
@@ -35,42 +28,19 @@ pub async fn chat_completions(
     let (body, body_len) = read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
     let mut request = chat_request(body).map_err(ApiError::BadRequest)?;
 
-    let catalog = state.catalog.snapshot();
-    let model = catalog
-        .resolve(&request.model, forced)
-        .ok_or_else(|| ApiError::model_not_found(&request.model))?;
-    if model.kind != ModelKind::Chat {
-        return Err(ApiError::BadRequest(format!(
-            "Model '{}' is an embedding model, not a chat model",
-            model.id
-        )));
-    }
-    check_modalities(model, request.uses)?;
-    if forced.is_some_and(|f| !model.served_by(f)) {
-        return Err(ApiError::model_not_found(&request.model));
-    }
-    let ceiling = output_ceiling(request.max_tokens, model.max_output_tokens);
-    let reserve = Reserve {
-        license_id: caller.license_id.clone(),
-        prices: catalog.prices_for(&caller.license_type_id, model),
-        prompt_tokens: estimate_prompt_tokens(body_len, model.context_window),
-        max_output_tokens: ceiling,
-    };
-    let request_id = RequestId::of(&req);
-    let record = Settlement {
-        request_id: request_id.clone(),
-        license_id: caller.license_id.clone(),
-        api_key_id: Some(caller.key_id.clone()),
+    let ask = Ask {
+        model: &request.model,
+        kind: ModelKind::Chat,
+        forced,
+        uses: request.uses,
+        max_output_tokens: request.max_tokens,
+        produces_output: true,
+        body_len,
         endpoint: "chat.completions",
-        model: model.id.clone(),
-        provider: String::new(),
         stream: request.stream,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        micro_credits: 0,
-        status: "completed",
     };
-    let mut meter = Meter::reserve(&state.ledger, reserve, record).await?;
+    let Metered { model, mut meter, request_id, ceiling } =
+        metered::reserve(&req, &caller, &state, ask).await?;
     let granted = meter.max_output_tokens();
     if granted < ceiling || request.max_tokens.is_some_and(|asked| u64::from(asked) > granted) {
         limit_output(&mut request.body, granted);
@@ -79,7 +49,7 @@ pub async fn chat_completions(
     let idle = Duration::from_secs(state.settings.limits.stream_idle_timeout_secs.max(1));
     let started = Instant::now();
     let served =
-        routing::first_success(model, forced, &providers, &request_id, async |provider, route| {
+        routing::first_success(&model, forced, &providers, &request_id, async |provider, route| {
             let call = ChatCall {
                 upstream_model: &route.upstream_model,
                 request: &request,
@@ -87,7 +57,7 @@ pub async fn chat_completions(
             };
             match provider.chat(&call).await? {
                 ChatReply::Stream(chunks) => {
-                    Ok(ChatReply::Stream(first_chunk_arrived(chunks, idle).await?))
+                    Ok(ChatReply::Stream(streaming::first_output(chunks, idle).await?))
                 }
                 complete => Ok(complete),
             }
@@ -96,6 +66,7 @@ pub async fn chat_completions(
     add_upstream_wait(&req, started.elapsed());
     let served = served?;
     meter.set_provider(served.provider);
+    label_request(&req, &model.id, Some(served.provider));
     match served.value {
         ChatReply::Complete { mut completion, usage } => {
             served.permit.report(Outcome::Success);
@@ -112,58 +83,14 @@ pub async fn chat_completions(
             completion.insert("usage".into(), usage_value);
             Ok(HttpResponse::Ok().json(completion))
         }
-        ChatReply::Stream(chunks) => Ok(streaming::relay(chunks, meter, idle, served.permit)),
+        ChatReply::Stream(chunks) => Ok(streaming::relay(
+            chunks,
+            meter,
+            idle,
+            served.permit,
+            streaming::Protocol::ChatCompletions,
+        )),
     }
-}
-
-/// Waits for a stream's first item, so that an upstream that fails before sending anything
-/// can still fall over to the next route (nothing has reached the client yet).
-async fn first_chunk_arrived(
-    mut chunks: ChunkStream,
-    idle: Duration,
-) -> Result<ChunkStream, UpstreamError> {
-    match actix_web::rt::time::timeout(idle, chunks.next()).await {
-        Ok(Some(Ok(first))) => Ok(stream::once(async { Ok(first) }).chain(chunks).boxed_local()),
-        Ok(Some(Err(e))) => Err(e),
-        Ok(None) => Err(UpstreamError::Unavailable("stream ended before its first event".into())),
-        Err(_) => Err(UpstreamError::Unavailable(format!("no stream event within {idle:?}"))),
-    }
-}
-
-/// Design §0: a content part the model cannot take is refused before any upstream call.
-fn check_modalities(model: &Model, uses: InputModalities) -> Result<(), ApiError> {
-    let supported = model.input_modality;
-    for (used, ok, name) in [
-        (uses.image, supported.image, "image"),
-        (uses.audio, supported.audio, "audio"),
-        (uses.video, supported.video, "video"),
-    ] {
-        if used && !ok {
-            return Err(ApiError::BadRequest(format!(
-                "Model '{}' does not support {name} input",
-                model.id
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The most output the request may produce: what it asked for, within the model's limit.
-fn output_ceiling(asked: Option<u32>, model_max: Option<i64>) -> u64 {
-    let model_max = model_max.and_then(|m| u64::try_from(m).ok());
-    match (asked.map(u64::from), model_max) {
-        (Some(a), Some(m)) => a.min(m),
-        (Some(a), None) => a,
-        (None, Some(m)) => m,
-        (None, None) => DEFAULT_MAX_OUTPUT_TOKENS,
-    }
-}
-
-/// An estimate of the prompt that errs high: real tokenizers need at least two bytes of
-/// JSON per token, and a prompt cannot exceed the model's context window.
-fn estimate_prompt_tokens(body_len: usize, context_window: Option<i64>) -> u64 {
-    let estimate = (body_len as u64).div_ceil(2);
-    context_window.and_then(|c| u64::try_from(c).ok()).map_or(estimate, |c| estimate.min(c))
 }
 
 /// Asks upstream for no more output than the hold pays for, in the field(s) the client used.
@@ -183,20 +110,6 @@ fn limit_output(body: &mut serde_json::Map<String, Value>, tokens: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ceiling_takes_the_smaller_of_request_and_model() {
-        assert_eq!(output_ceiling(Some(100), Some(50)), 50);
-        assert_eq!(output_ceiling(Some(10), Some(50)), 10);
-        assert_eq!(output_ceiling(None, Some(50)), 50);
-        assert_eq!(output_ceiling(None, None), DEFAULT_MAX_OUTPUT_TOKENS);
-    }
-
-    #[test]
-    fn prompt_estimate_is_capped_by_the_context_window() {
-        assert_eq!(estimate_prompt_tokens(101, None), 51);
-        assert_eq!(estimate_prompt_tokens(1_000_000, Some(1000)), 1000);
-    }
 
     #[test]
     fn limit_output_uses_the_clients_field() {

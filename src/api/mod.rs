@@ -3,11 +3,15 @@
 
 pub mod admin;
 pub mod chat_completions;
+pub mod embeddings;
 pub mod health;
 pub mod license;
+pub mod metered;
+pub mod metrics;
 pub mod models;
+pub mod responses;
 pub mod search;
-mod streaming;
+pub mod streaming;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -17,44 +21,50 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/health", "GET, HEAD")
-            .route(web::get().to(health::health))
-            .route(web::head().to(health::health)),
-    )
-    .service(
-        web::scope("/v1")
-            .service(
-                resource("/models", "GET, HEAD")
-                    .route(web::get().to(models::list_models))
-                    .route(web::head().to(models::list_models)),
-            )
-            .service(
-                resource("/license", "GET, HEAD")
-                    .route(web::get().to(license::get_license))
-                    .route(web::head().to(license::get_license)),
-            )
-            .service(
-                resource("/chat/completions", "POST")
-                    .route(web::post().to(chat_completions::chat_completions)),
-            )
-            .service(resource("/web-search", "POST").route(web::post().to(search::web_search)))
-            .service(resource("/fetch", "POST").route(web::post().to(search::fetch))),
-    )
-    .service(web::scope("/admin/v1").configure(admin::configure))
-    .app_data(web::QueryConfig::default().error_handler(|err, _| {
-        let message = match err {
-            actix_web::error::QueryPayloadError::Deserialize(e) => {
-                crate::json_body::translate(".".into(), e.to_string())
-            }
-            other => format!("invalid query string: {other}"),
-        };
-        ApiError::BadRequest(message).into()
-    }))
-    .app_data(
-        web::PathConfig::default()
-            .error_handler(|err, _| ApiError::BadRequest(format!("invalid path: {err}")).into()),
-    );
+    cfg.service(resource("/metrics", "GET").route(web::get().to(metrics::metrics)))
+        .service(
+            resource("/health", "GET, HEAD")
+                .route(web::get().to(health::health))
+                .route(web::head().to(health::health)),
+        )
+        .service(
+            web::scope("/v1")
+                .service(
+                    resource("/models", "GET, HEAD")
+                        .route(web::get().to(models::list_models))
+                        .route(web::head().to(models::list_models)),
+                )
+                .service(
+                    resource("/license", "GET, HEAD")
+                        .route(web::get().to(license::get_license))
+                        .route(web::head().to(license::get_license)),
+                )
+                .service(
+                    resource("/chat/completions", "POST")
+                        .route(web::post().to(chat_completions::chat_completions)),
+                )
+                .service(
+                    resource("/embeddings", "POST").route(web::post().to(embeddings::embeddings)),
+                )
+                .service(resource("/responses", "POST").route(web::post().to(responses::responses)))
+                .service(resource("/web-search", "POST").route(web::post().to(search::web_search)))
+                .service(resource("/fetch", "POST").route(web::post().to(search::fetch))),
+        )
+        .service(web::scope("/admin/v1").configure(admin::configure))
+        .app_data(web::QueryConfig::default().error_handler(|err, _| {
+            let message = match err {
+                actix_web::error::QueryPayloadError::Deserialize(e) => {
+                    crate::json_body::translate(".".into(), e.to_string())
+                }
+                other => format!("invalid query string: {other}"),
+            };
+            ApiError::BadRequest(message).into()
+        }))
+        .app_data(
+            web::PathConfig::default().error_handler(|err, _| {
+                ApiError::BadRequest(format!("invalid path: {err}")).into()
+            }),
+        );
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

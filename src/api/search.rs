@@ -1,6 +1,7 @@
 //! POST /v1/web-search and POST /v1/fetch: fixed-price tools (quantized-api.md §3.10, §3.11;
-//! design §0). The pipeline is chat's: auth → read and validate → price → reserve → route →
-//! settle → respond; only the price is per unit (a search, a fetched URL) instead of per token.
+//! design §0). The pipeline is every metered endpoint's: auth → read and validate → reserve
+//! (`metered::reserve_units`) → route → settle → respond; only the price is per unit (a search,
+//! a fetched URL) instead of per token.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -9,19 +10,17 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
+use crate::api::metered::reserve_units;
 use crate::api::{forced_provider, read_json};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::catalog::Route;
 use crate::error::ApiError;
-use crate::ledger::Reserve;
-use crate::metering::Meter;
 use crate::providers::breaker::Outcome;
 use crate::providers::search::{FetchCall, SearchCall};
 use crate::providers::{Provider, Providers, TokenUsage, UpstreamError, SEARCH_PROVIDERS};
 use crate::routing::{self, Served};
-use crate::store::usage::Settlement;
-use crate::telemetry::{add_upstream_wait, RequestId};
+use crate::telemetry::{add_upstream_wait, label_request, RequestId};
 use crate::validation::search::{fetch_request, search_request};
 
 /// The tools' names: the `endpoint` of their usage rows and the keys of their prices.
@@ -49,7 +48,7 @@ pub async fn web_search(
     let request = search_request(&body).map_err(ApiError::BadRequest)?;
     let call = SearchCall { query: &request.query, num_results: request.num_results };
 
-    let mut meter = reserve_units(&caller, &req, &state, WEB_SEARCH, 1).await?;
+    let mut meter = reserve_units(&req, &caller, &state, WEB_SEARCH, 1).await?;
     let served = call_provider(&req, forced, &providers, async |provider| {
         let started = Instant::now();
         let mut reply = provider.web_search(&call).await?;
@@ -110,7 +109,7 @@ pub async fn fetch(
     let call = FetchCall { urls: &distinct, include_text: request.include_text };
 
     // Hold the price of every URL; settle for the ones fetched.
-    let mut meter = reserve_units(&caller, &req, &state, FETCH, distinct.len() as u64).await?;
+    let mut meter = reserve_units(&req, &caller, &state, FETCH, distinct.len() as u64).await?;
     let served =
         call_provider(&req, forced, &providers, async |provider| provider.fetch(&call).await)
             .await?;
@@ -151,35 +150,6 @@ pub async fn fetch(
     })))
 }
 
-/// Holds `count` units of `tool` at the price of the caller's license type (402 when the
-/// balance cannot cover them all).
-async fn reserve_units(
-    caller: &Caller,
-    req: &HttpRequest,
-    state: &AppState,
-    tool: &'static str,
-    count: u64,
-) -> Result<Meter, ApiError> {
-    let price = state.catalog.snapshot().tool_price(&caller.license_type_id, tool);
-    let reserve = Reserve::units(caller.license_id.clone(), price, count).ok_or_else(|| {
-        ApiError::Internal(anyhow::anyhow!("price of {tool} out of range: {price} µcr"))
-    })?;
-    let record = Settlement {
-        request_id: RequestId::of(req),
-        license_id: caller.license_id.clone(),
-        api_key_id: Some(caller.key_id.clone()),
-        endpoint: tool,
-        model: String::new(),
-        provider: String::new(),
-        stream: false,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        micro_credits: 0,
-        status: "completed",
-    };
-    Meter::reserve(&state.ledger, reserve, record).await
-}
-
 /// Routes to the search providers (or the forced one) and records the time spent waiting.
 async fn call_provider<T>(
     req: &HttpRequest,
@@ -199,6 +169,10 @@ async fn call_provider<T>(
     )
     .await;
     add_upstream_wait(req, started.elapsed());
+    if let Ok(served) = &served {
+        // No model: the metrics line names the provider only.
+        label_request(req, "", Some(served.provider));
+    }
     served
 }
 

@@ -1,6 +1,8 @@
 //! Who is calling: the `Caller` extractor turns the `Authorization` header into an
-//! `AuthContext`, or answers 401 before the handler runs.
+//! `AuthContext`, or answers 401 before the handler runs. Two kinds of bearer token share the
+//! header: API keys (`sk-quantized-…`) and institution-signed JWTs (`jwt.rs`).
 
+pub mod jwt;
 pub mod public_key;
 pub mod registry;
 
@@ -12,8 +14,9 @@ use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::store::keys::{self, KEY_PREFIX};
-use registry::LookupKey;
+use crate::store::{self, keys};
+use crate::telemetry::RequestId;
+use registry::{JwtLookup, LookupJwt, LookupKey, RememberJwt};
 
 /// The identity behind a request: the key used and the license it bills.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,22 +58,27 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = bearer_token(req).map(str::to_string);
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        // Refusals of non-API-key tokens are logged with a reason; the id ties that line to
+        // the request's own log line.
+        let request_id = token
+            .as_deref()
+            .is_some_and(|t| !t.starts_with(keys::KEY_PREFIX))
+            .then(|| RequestId::of(req));
         Box::pin(async move {
             let state =
                 state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("AppState missing")))?;
             let token = token.ok_or(ApiError::Unauthorized)?;
-            // JWTs (institution-signed) arrive with their own issue; until then only API keys.
-            if !token.starts_with(KEY_PREFIX) || token.len() > 256 {
-                return Err(ApiError::Unauthorized);
-            }
-            let found = state
-                .registry
-                .send(LookupKey(keys::hash(&token)))
-                .await
-                .map_err(|e| {
-                    ApiError::Unavailable(anyhow::anyhow!("key registry unreachable: {e}"))
-                })?
-                .map_err(ApiError::Unavailable)?;
+            // The prefix cannot begin a JWS (whose first segment is base64url JSON), so the
+            // two kinds never compete for a token.
+            let found = if token.starts_with(keys::KEY_PREFIX) {
+                api_key(&state, &token).await?
+            } else if jwt::looks_like_jws(&token) {
+                institution_jwt(&state, token, request_id.unwrap_or_default()).await?
+            } else {
+                let id = request_id.unwrap_or_default();
+                log::debug!("{id} bearer token is neither an API key nor a JWT");
+                None
+            };
             let context = found.ok_or(ApiError::Unauthorized)?;
             if context
                 .expires_at
@@ -81,4 +89,59 @@ impl FromRequest for Caller {
             Ok(Caller(context))
         })
     }
+}
+
+fn registry_down(e: actix::MailboxError) -> ApiError {
+    ApiError::Unavailable(anyhow::anyhow!("key registry unreachable: {e}"))
+}
+
+async fn api_key(state: &AppState, token: &str) -> Result<Option<Arc<AuthContext>>, ApiError> {
+    if token.len() > 256 {
+        return Ok(None);
+    }
+    state
+        .registry
+        .send(LookupKey(keys::hash(token)))
+        .await
+        .map_err(registry_down)?
+        .map_err(ApiError::Unavailable)
+}
+
+/// A JWT the registry has seen costs one hash and one message, like an API key. A new one is
+/// verified (and on first use provisioned) on the blocking pool, then remembered.
+async fn institution_jwt(
+    state: &AppState,
+    token: String,
+    request_id: String,
+) -> Result<Option<Arc<AuthContext>>, ApiError> {
+    let hash = keys::hash(&token);
+    let generation = match state.registry.send(LookupJwt(hash)).await.map_err(registry_down)? {
+        JwtLookup::Known(found) => return Ok(found),
+        JwtLookup::Unknown { generation } => generation,
+    };
+    let pool = state.pool.clone();
+    let leeway = state.settings.auth.jwt_leeway_secs;
+    let verdict = web::block(move || {
+        let mut conn = store::get(&pool)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        jwt::authenticate(&mut conn, &token, leeway, now)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(ApiError::Unavailable)?;
+    let found = match verdict {
+        Ok(context) => Some(Arc::new(context)),
+        // Garbage is routine noise; a well-formed token refused is worth an operator's eye
+        // (a key not registered yet, a portal clock running fast).
+        Err(reason @ jwt::Rejection::Malformed(_)) => {
+            log::debug!("{request_id} JWT refused: {reason}");
+            None
+        }
+        Err(reason) => {
+            log::info!("{request_id} JWT refused: {reason}");
+            None
+        }
+    };
+    state.registry.do_send(RememberJwt { hash, generation, found: found.clone() });
+    Ok(found)
 }

@@ -1,6 +1,7 @@
 //! The KeyRegistry: resolves a presented API key to the caller's identity, caching answers
-//! so a request normally costs no database read. Admin changes clear the cache, so a
-//! deactivated key is refused from the very next request.
+//! so a request normally costs no database read, and caches verified institution JWTs the
+//! same way. Admin changes clear both caches, so a deactivated key, or a JWT signed with a
+//! deleted public key, is refused from the very next request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,14 +20,35 @@ const MISS_TTL: Duration = Duration::from_secs(2);
 /// Past this many entries the cache starts over rather than growing without bound.
 const MAX_ENTRIES: usize = 100_000;
 
+type Cache = HashMap<KeyHash, (Option<Arc<AuthContext>>, Instant)>;
+
 pub struct KeyRegistry {
     pool: Pool,
-    cache: HashMap<KeyHash, (Option<Arc<AuthContext>>, Instant)>,
+    cache: Cache,
+    /// Verified JWTs (and refused ones, briefly) by the SHA-256 of the token.
+    jwt_cache: Cache,
+    /// Counts `InvalidateAll`s. A JWT verified outside the actor is cached only if no
+    /// invalidation happened meanwhile, so a key deleted mid-verification cannot be undone.
+    generation: u64,
+}
+
+/// The cached answer for `hash`, if it is still fresh.
+fn fresh(cache: &Cache, hash: &KeyHash, now: Instant) -> Option<Option<Arc<AuthContext>>> {
+    let (found, at) = cache.get(hash)?;
+    let ttl = if found.is_some() { HIT_TTL } else { MISS_TTL };
+    (now.duration_since(*at) < ttl).then(|| found.clone())
+}
+
+fn remember(cache: &mut Cache, hash: KeyHash, found: Option<Arc<AuthContext>>, now: Instant) {
+    if cache.len() >= MAX_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(hash, (found, now));
 }
 
 impl KeyRegistry {
     pub fn new(pool: Pool) -> Self {
-        Self { pool, cache: HashMap::new() }
+        Self { pool, cache: HashMap::new(), jwt_cache: HashMap::new(), generation: 0 }
     }
 
     fn load(&self, hash: &KeyHash) -> anyhow::Result<Option<Arc<AuthContext>>> {
@@ -69,18 +91,57 @@ impl Handler<LookupKey> for KeyRegistry {
 
     fn handle(&mut self, LookupKey(hash): LookupKey, _: &mut Context<Self>) -> Self::Result {
         let now = Instant::now();
-        if let Some((found, at)) = self.cache.get(&hash) {
-            let ttl = if found.is_some() { HIT_TTL } else { MISS_TTL };
-            if now.duration_since(*at) < ttl {
-                return Ok(found.clone());
-            }
+        if let Some(found) = fresh(&self.cache, &hash, now) {
+            return Ok(found);
         }
         let found = self.load(&hash)?;
-        if self.cache.len() >= MAX_ENTRIES {
-            self.cache.clear();
-        }
-        self.cache.insert(hash, (found.clone(), now));
+        remember(&mut self.cache, hash, found.clone(), now);
         Ok(found)
+    }
+}
+
+/// What the registry knows about a JWT, by the SHA-256 of the token.
+#[derive(Debug)]
+pub enum JwtLookup {
+    /// Verified (`Some`) or refused (`None`) recently.
+    Known(Option<Arc<AuthContext>>),
+    /// Not known: verify it, then send `RememberJwt` with this generation.
+    Unknown { generation: u64 },
+}
+
+/// Verification itself runs off the actor (see `auth::Caller`): signature checks and first-use
+/// provisioning must not hold up every other request's key lookup.
+#[derive(Message)]
+#[rtype(result = "JwtLookup")]
+pub struct LookupJwt(pub KeyHash);
+
+impl Handler<LookupJwt> for KeyRegistry {
+    type Result = MessageResult<LookupJwt>;
+
+    fn handle(&mut self, LookupJwt(hash): LookupJwt, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(match fresh(&self.jwt_cache, &hash, Instant::now()) {
+            Some(found) => JwtLookup::Known(found),
+            None => JwtLookup::Unknown { generation: self.generation },
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RememberJwt {
+    pub hash: KeyHash,
+    /// From the `JwtLookup::Unknown` that started the verification.
+    pub generation: u64,
+    pub found: Option<Arc<AuthContext>>,
+}
+
+impl Handler<RememberJwt> for KeyRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RememberJwt, _: &mut Context<Self>) {
+        if msg.generation == self.generation {
+            remember(&mut self.jwt_cache, msg.hash, msg.found, Instant::now());
+        }
     }
 }
 
@@ -94,5 +155,7 @@ impl Handler<InvalidateAll> for KeyRegistry {
 
     fn handle(&mut self, _: InvalidateAll, _: &mut Context<Self>) {
         self.cache.clear();
+        self.jwt_cache.clear();
+        self.generation += 1;
     }
 }

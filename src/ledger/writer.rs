@@ -30,6 +30,8 @@ pub struct WriterStats {
     pub failed_writes: AtomicU64,
     pub commit_micros_total: AtomicU64,
     pub largest_batch: AtomicU64,
+    /// Micro-credits debited by committed settlements.
+    pub credits_charged: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -80,6 +82,9 @@ fn run(pool: Pool, queue: mpsc::Receiver<Job>, stats: &WriterStats) {
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats.largest_batch.fetch_max(batch.len() as u64, Ordering::Relaxed);
         for (job, result) in batch.into_iter().zip(results) {
+            if let (Ok(()), LedgerWrite::Settle(s)) = (&result, &job.write) {
+                stats.credits_charged.fetch_add(s.micro_credits.max(0) as u64, Ordering::Relaxed);
+            }
             if let Err(e) = &result {
                 stats.failed_writes.fetch_add(1, Ordering::Relaxed);
                 log::error!("ledger write failed: {e}");

@@ -23,12 +23,17 @@ use serde_json::{Map, Value};
 
 use crate::config::Settings;
 use crate::validation::chat::ChatRequest;
+use crate::validation::embeddings::EmbeddingsRequest;
+use crate::validation::responses::ResponsesRequest;
 use breaker::{Breaker, ProviderActor};
 use sse::SseEvent;
 
 /// Every provider slug the gateway knows, and the ones that serve chat (design §0).
 pub const KNOWN_PROVIDERS: &[&str] = &["openrouter", "anthropic", "exa", "tavily", "demo"];
 pub const CHAT_PROVIDERS: &[&str] = &["openrouter", "anthropic", "demo"];
+pub const EMBEDDING_PROVIDERS: &[&str] = &["openrouter", "demo"];
+/// The public docs give only OpenRouter for the Responses API (design §0); demo is ours.
+pub const RESPONSES_PROVIDERS: &[&str] = &["openrouter", "demo"];
 /// The providers of `/v1/web-search` and `/v1/fetch`, in default route order.
 pub const SEARCH_PROVIDERS: &[&str] = &["exa", "tavily", "demo"];
 
@@ -46,6 +51,25 @@ pub struct ChatCall<'a> {
     pub max_output_tokens: u64,
 }
 
+/// One Responses API call as a provider receives it.
+pub struct ResponsesCall<'a> {
+    pub upstream_model: &'a str,
+    pub request: &'a ResponsesRequest,
+    pub max_output_tokens: u64,
+}
+
+/// One embeddings call as a provider receives it.
+pub struct EmbeddingsCall<'a> {
+    pub upstream_model: &'a str,
+    pub request: &'a EmbeddingsRequest,
+}
+
+/// One vector per input, in input order, and the upstream's input token count.
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f64>>,
+    pub prompt_tokens: u64,
+}
+
 /// A piece of an upstream stream, already in `chat.completion.chunk` shape.
 pub enum StreamItem {
     Chunk {
@@ -55,6 +79,9 @@ pub enum StreamItem {
     },
     /// The upstream's own (cumulative) count; the latest one wins.
     Usage(TokenUsage),
+    /// A terminal event (Responses API `response.completed`) that must carry our credits, so
+    /// the relay sends it only after settling.
+    Final(Map<String, Value>),
 }
 
 pub type ChunkStream = LocalBoxStream<'static, Result<StreamItem, UpstreamError>>;
@@ -156,6 +183,33 @@ impl Provider {
                 "Provider '{}' does not support this endpoint",
                 self.name
             ))),
+        }
+    }
+
+    /// A Responses API call: `Complete` holds a `response` object, `Stream` its events.
+    pub async fn responses(&self, call: &ResponsesCall<'_>) -> Result<ChatReply, UpstreamError> {
+        match &self.backend {
+            Backend::Demo(demo) => Ok(demo.responses(call)),
+            Backend::OpenRouter(p) => p.responses(call).await,
+            Backend::Anthropic(_) | Backend::Exa(_) | Backend::Tavily(_) => {
+                Err(UpstreamError::Unsupported(format!(
+                    "Provider '{}' does not support the Responses API",
+                    self.name
+                )))
+            }
+        }
+    }
+
+    pub async fn embeddings(&self, call: &EmbeddingsCall<'_>) -> Result<Embeddings, UpstreamError> {
+        match &self.backend {
+            Backend::Demo(demo) => Ok(demo.embeddings(call)),
+            Backend::OpenRouter(p) => p.embeddings(call).await,
+            Backend::Anthropic(_) | Backend::Exa(_) | Backend::Tavily(_) => {
+                Err(UpstreamError::Unsupported(format!(
+                    "Provider '{}' does not serve embeddings",
+                    self.name
+                )))
+            }
         }
     }
 }

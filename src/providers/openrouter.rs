@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use super::http::{self, error_message, BODY_LIMIT};
 use super::sse::SseEvent;
 use super::{
-    translated_stream, ChatCall, ChatReply, StreamItem, StreamTranslate, TokenUsage, UpstreamError,
+    translated_stream, ChatCall, ChatReply, Embeddings, EmbeddingsCall, ResponsesCall, StreamItem,
+    StreamTranslate, TokenUsage, UpstreamError,
 };
 use crate::config::HttpProvider;
 
@@ -18,6 +19,8 @@ const NAME: &str = "openrouter";
 pub struct OpenRouter {
     client: awc::Client,
     url: String,
+    embeddings_url: String,
+    responses_url: String,
     api_key: String,
     timeout: Duration,
 }
@@ -27,6 +30,8 @@ impl OpenRouter {
         Self {
             client: http::client(timeout),
             url: format!("{}/chat/completions", settings.base_url.trim_end_matches('/')),
+            embeddings_url: format!("{}/embeddings", settings.base_url.trim_end_matches('/')),
+            responses_url: format!("{}/responses", settings.base_url.trim_end_matches('/')),
             api_key: settings.api_key.expose().to_string(),
             timeout,
         }
@@ -65,6 +70,169 @@ impl OpenRouter {
         let (completion, usage) = parse_completion(&bytes, &call.request.model)?;
         Ok(ChatReply::Complete { completion, usage })
     }
+}
+
+impl OpenRouter {
+    pub async fn embeddings(&self, call: &EmbeddingsCall<'_>) -> Result<Embeddings, UpstreamError> {
+        let mut body = call.request.body.clone();
+        body.insert("model".into(), Value::String(call.upstream_model.to_string()));
+        // The gateway encodes base64 itself when asked; upstream always sends floats.
+        body.insert("encoding_format".into(), Value::String("float".into()));
+        let started = std::time::Instant::now();
+        let mut res = self
+            .client
+            .post(&self.embeddings_url)
+            .bearer_auth(&self.api_key)
+            .insert_header(("X-Title", "Quantized"))
+            .send_json(&body)
+            .await
+            .map_err(|e| http::transport_error(NAME, e))?;
+        if !res.status().is_success() {
+            let text = http::error_body(&mut res).await;
+            return Err(classify_error(res.status().as_u16(), &text));
+        }
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let bytes = http::read_body(&mut res, BODY_LIMIT, left, NAME).await?;
+        parse_embeddings(&bytes, call.request.inputs.len())
+    }
+}
+
+impl OpenRouter {
+    pub async fn responses(&self, call: &ResponsesCall<'_>) -> Result<ChatReply, UpstreamError> {
+        let mut body = call.request.body.clone();
+        body.insert("model".into(), Value::String(call.upstream_model.to_string()));
+        let started = std::time::Instant::now();
+        let mut res = self
+            .client
+            .post(&self.responses_url)
+            .bearer_auth(&self.api_key)
+            .insert_header(("X-Title", "Quantized"))
+            .send_json(&body)
+            .await
+            .map_err(|e| http::transport_error(NAME, e))?;
+        if !res.status().is_success() {
+            let text = http::error_body(&mut res).await;
+            return Err(classify_error(res.status().as_u16(), &text));
+        }
+        if call.request.stream {
+            let translator = ResponsesTranslator { model: call.request.model.clone(), done: false };
+            return Ok(ChatReply::Stream(translated_stream(
+                http::sse_events(res, NAME),
+                translator,
+            )));
+        }
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let bytes = http::read_body(&mut res, BODY_LIMIT, left, NAME).await?;
+        let (response, usage) = parse_response(&bytes, &call.request.model)?;
+        Ok(ChatReply::Complete { completion: response, usage })
+    }
+}
+
+fn responses_usage_of(value: &Value) -> Option<TokenUsage> {
+    Some(TokenUsage {
+        prompt_tokens: value.get("input_tokens")?.as_u64()?,
+        completion_tokens: value.get("output_tokens")?.as_u64()?,
+    })
+}
+
+/// A Responses API `response` object: checked, its usage read, its model set to ours.
+pub fn parse_response(
+    bytes: &[u8],
+    model: &str,
+) -> Result<(Map<String, Value>, TokenUsage), UpstreamError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| malformed(&format!("not JSON ({e})")))?;
+    let Value::Object(mut response) = value else { return Err(malformed("not an object")) };
+    if response.get("object").and_then(Value::as_str) != Some("response") {
+        return Err(malformed("not a response object"));
+    }
+    if response.get("status").and_then(Value::as_str) == Some("failed") {
+        return Err(UpstreamError::Unavailable(format!(
+            "{NAME}: response failed: {:?}",
+            response.get("error")
+        )));
+    }
+    let usage =
+        response.get("usage").and_then(responses_usage_of).ok_or_else(|| malformed("no usage"))?;
+    tidy(&mut response, model);
+    Ok((response, usage))
+}
+
+/// OpenRouter's Responses events pass through; the terminal one (which carries usage) is
+/// held back by the relay until our credits can be added to it.
+struct ResponsesTranslator {
+    model: String,
+    done: bool,
+}
+
+impl StreamTranslate for ResponsesTranslator {
+    fn on_event(&mut self, event: &SseEvent) -> Result<Vec<StreamItem>, UpstreamError> {
+        if event.data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(Vec::new());
+        }
+        let value: Value = serde_json::from_str(&event.data)
+            .map_err(|e| malformed(&format!("stream event not JSON ({e})")))?;
+        let Value::Object(mut data) = value else {
+            return Err(malformed("stream event not an object"));
+        };
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        if let Some(Value::Object(response)) = data.get_mut("response") {
+            tidy(response, &self.model);
+        }
+        match kind.as_str() {
+            "error" | "response.failed" => Err(UpstreamError::Unavailable(format!(
+                "{NAME}: {kind} event in stream: {:?}",
+                data.get("error")
+            ))),
+            // Older OpenRouter pages name the terminal event `response.done`.
+            "response.completed" | "response.incomplete" | "response.done" => {
+                self.done = true;
+                let usage = data
+                    .get("response")
+                    .and_then(|r| r.get("usage"))
+                    .and_then(responses_usage_of)
+                    .ok_or_else(|| malformed("terminal event without usage"))?;
+                Ok(vec![StreamItem::Usage(usage), StreamItem::Final(data)])
+            }
+            _ => {
+                let output = kind.ends_with(".delta")
+                    && data.get("delta").and_then(Value::as_str).is_some_and(|d| !d.is_empty());
+                Ok(vec![StreamItem::Chunk { chunk: data, completion_tokens: u64::from(output) }])
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
+
+/// Upstream vectors in input order (by their `index`), checked to be one per input.
+pub fn parse_embeddings(bytes: &[u8], inputs: usize) -> Result<Embeddings, UpstreamError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| malformed(&format!("not JSON ({e})")))?;
+    let data = value.get("data").and_then(Value::as_array).ok_or_else(|| malformed("no data"))?;
+    let prompt_tokens = value
+        .pointer("/usage/prompt_tokens")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| malformed("no usage"))?;
+    let mut vectors: Vec<Option<Vec<f64>>> = vec![None; inputs];
+    for (position, item) in data.iter().enumerate() {
+        let index = item.get("index").and_then(Value::as_u64).map_or(position, |i| i as usize);
+        let vector: Option<Vec<f64>> = item
+            .get("embedding")
+            .and_then(Value::as_array)
+            .and_then(|v| v.iter().map(Value::as_f64).collect());
+        let slot =
+            vectors.get_mut(index).ok_or_else(|| malformed("embedding index out of range"))?;
+        *slot = Some(vector.ok_or_else(|| malformed("embedding is not a list of numbers"))?);
+    }
+    let vectors = vectors
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| malformed("missing embeddings"))?;
+    Ok(Embeddings { vectors, prompt_tokens })
 }
 
 fn malformed(what: &str) -> UpstreamError {

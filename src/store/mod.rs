@@ -2,6 +2,7 @@
 //! All SQL lives under this module.
 
 pub mod catalog;
+pub mod jwt;
 pub mod keys;
 pub mod licenses;
 pub mod organisations;
@@ -20,7 +21,10 @@ pub type Pool = r2d2::Pool<SqliteConnectionManager>;
 pub type Conn = r2d2::PooledConnection<SqliteConnectionManager>;
 
 /// Applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_jwt_ephemeral_keys.sql"),
+];
 
 /// Writers wait this long for the lock before failing; the ledger's group commit keeps
 /// real waits far below it.

@@ -142,6 +142,29 @@ pub fn list_public_keys(conn: &Connection, institution_id: &str) -> anyhow::Resu
     Ok(rows)
 }
 
+/// An active key as JWT verification needs it: never listed by the admin API, which shows
+/// no key material.
+#[derive(Debug, Clone)]
+pub struct VerificationKey {
+    pub kid: Option<String>,
+    pub raw: Vec<u8>,
+}
+
+pub fn verification_keys(
+    conn: &Connection,
+    institution_id: &str,
+) -> anyhow::Result<Vec<VerificationKey>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kid, public_key FROM institution_public_keys
+         WHERE institution_id = ?1 AND active = 1 ORDER BY created_at, id",
+    )?;
+    let rows = stmt
+        .query_map([institution_id], |r| Ok(VerificationKey { kid: r.get(0)?, raw: r.get(1)? }))?
+        .collect::<Result<_, _>>()
+        .context("load verification keys")?;
+    Ok(rows)
+}
+
 /// Deactivates rather than deletes, so the history of which key signed what stays
 /// explainable. Returns false when no active key has this id.
 pub fn delete_public_key(conn: &Connection, id: &str) -> anyhow::Result<bool> {

@@ -19,6 +19,8 @@ use std::fmt::Display;
 use serde_json::{Map, Value};
 
 pub mod chat;
+pub mod embeddings;
+pub mod responses;
 pub mod search;
 
 /// The exact client-facing 400 message.

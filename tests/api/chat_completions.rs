@@ -162,7 +162,7 @@ async fn models_are_a_bare_array_for_http_clients_and_a_list_for_the_openai_sdk(
     let only_demo = only_demo.json();
     let ids: Vec<&str> =
         only_demo.as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
-    assert_eq!(ids, ["demo/echo", "demo/echo-vision"]);
+    assert_eq!(ids, ["demo/echo", "demo/echo-vision", "demo/embed"]);
 }
 
 #[actix_web::test]

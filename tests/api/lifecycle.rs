@@ -136,7 +136,7 @@ fn migrate_creates_the_schema_and_is_idempotent() {
     assert!(run(&["migrate"], &env).0);
     let conn = rusqlite::Connection::open(&db).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let models: i64 = conn.query_row("SELECT COUNT(*) FROM models", [], |r| r.get(0)).unwrap();
     assert!(models >= 3);
 }

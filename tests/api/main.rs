@@ -9,6 +9,8 @@ mod auth;
 mod billing;
 mod chat_completions;
 mod errors;
+mod jwt;
 mod lifecycle;
+mod metrics;
 mod upstreams;
 mod web_search;

@@ -103,6 +103,15 @@ async fn web_search_through_exa_sends_exas_format_and_answers_the_documented_sha
     assert_eq!(row["completion_tokens"], 0);
     assert_eq!(row["micro_credits"], 8000);
     assert_eq!(row["status"], "completed");
+    let metrics = app
+        .raw("GET", "/metrics", &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))], None)
+        .await
+        .text;
+    assert!(
+        metrics.contains(r#"quantized_requests_total{endpoint="/v1/web-search",model="",provider="exa",status="200"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"quantized_breaker_state{provider="exa"} 0"#), "{metrics}");
 }
 
 #[actix_web::test]

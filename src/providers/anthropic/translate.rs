@@ -1260,6 +1260,7 @@ mod tests {
                     json!({"chunk": chunk, "tokens": completion_tokens})
                 }
                 StreamItem::Usage(u) => json!({"usage": [u.prompt_tokens, u.completion_tokens]}),
+                StreamItem::Final(event) => json!({"final": event}),
             })
             .collect()
     }
