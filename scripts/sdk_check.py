@@ -182,7 +182,34 @@ def main():
             else:
                 raise AssertionError("no 401")
 
+        def embeddings():
+            # The SDK asks for base64 by default and decodes it itself.
+            r = client.embeddings.create(model="demo/embed", input=["one two", "three"])
+            assert [d.index for d in r.data] == [0, 1] and len(r.data[0].embedding) == 16, r
+            assert r.usage.prompt_tokens == 3 and r.usage.total_tokens == 3, r.usage
+            assert r.usage.model_extra["credits_used"] == 2, r.usage
+            floats = client.embeddings.create(model="demo/embed", input="one two", encoding_format="float")
+            assert all(abs(a - b) < 1e-6 for a, b in zip(floats.data[0].embedding, r.data[0].embedding))
+
+        def responses():
+            r = client.responses.create(model="demo/echo", input="Hi responses")
+            assert r.output_text == "Hello from the Quantized demo model! You said: Hi responses", r
+            assert r.usage.input_tokens == 3 and r.usage.output_tokens == 10, r.usage
+            assert r.usage.model_extra["credits_used"] > 0, r.usage
+
+        def responses_stream():
+            text, final = "", None
+            for event in client.responses.create(model="demo/echo", input="Hi stream", stream=True):
+                if event.type == "response.output_text.delta":
+                    text += event.delta
+                if event.type == "response.completed":
+                    final = event.response
+            assert text == "Hello from the Quantized demo model! You said: Hi stream", text
+            assert final is not None and final.usage.model_extra["credits_used"] > 0, final
+
         for name, fn in [("chat completion", chat), ("streaming chat completion", stream), ("models.list", models),
+                         ("embeddings", embeddings), ("responses", responses),
+                         ("streaming responses", responses_stream),
                          ("404 unknown model", not_found), ("400 unknown field", bad_request),
                          ("401 bad key", bad_key)]:
             check(name, fn)

@@ -139,6 +139,8 @@ impl FakeUpstream {
                 .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
                 .route("/openrouter/chat/completions", web::post().to(openrouter))
                 .route("/anthropic/messages", web::post().to(anthropic))
+                .route("/openrouter/embeddings", web::post().to(openrouter_embeddings))
+                .route("/openrouter/responses", web::post().to(openrouter_responses))
         })
         .workers(1)
         .disable_signals()
@@ -1032,6 +1034,111 @@ impl Ctx {
 
 // ---------------------------------------------------------------------------------------------
 // Tests of the fake itself (awc straight to the fake, no gateway).
+
+// ---- OpenRouter's /embeddings and /responses (upstreams.md §1.6, §1.7): normal answers, and
+// `Fault::Status`, `MalformedJson` and `ResetConnection`; other faults answer normally.
+
+/// Records the request and takes the next fault, like the chat routes do.
+fn take(
+    req: &HttpRequest,
+    body: &Value,
+    state: &web::Data<Mutex<State>>,
+) -> (Reply, Option<Fault>) {
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+        })
+        .collect();
+    let mut s = lock(state);
+    s.requests.push(Recorded { route: "openrouter", headers, body: body.clone() });
+    s.seq += 1;
+    let fault = s.faults.pop_front().or_else(|| s.default_fault.clone());
+    (s.reply.clone().unwrap_or_default(), fault)
+}
+
+fn simple_fault(fault: &Option<Fault>) -> Option<HttpResponse> {
+    match fault {
+        Some(Fault::Status(code)) => Some(HttpResponse::build(status(*code)).json(
+            json!({"error": {"code": code, "message": format!("failure ({SECRET_MARKER})")}}),
+        )),
+        Some(Fault::MalformedJson) => {
+            Some(HttpResponse::Ok().content_type("application/json").body("{\"data\": ["))
+        }
+        Some(Fault::ResetConnection) => {
+            Some(HttpResponse::Ok().streaming(futures_util::stream::once(async {
+                Err::<Bytes, actix_web::Error>(actix_web::error::ErrorInternalServerError("reset"))
+            })))
+        }
+        _ => None,
+    }
+}
+
+async fn openrouter_embeddings(
+    req: HttpRequest,
+    body: Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (reply, fault) = take(&req, &body, &state);
+    if let Some(res) = simple_fault(&fault) {
+        return res;
+    }
+    let inputs = match &body["input"] {
+        Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    // Answered out of order: the gateway must sort by `index`.
+    let data: Vec<Value> = (0..inputs)
+        .rev()
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": [i as f64 + 0.25, -0.5, 0.125]}))
+        .collect();
+    HttpResponse::Ok().json(json!({"id": "embd-1", "object": "list", "model": body["model"], "data": data,
+        "usage": {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens, "cost": 0.0001}}))
+}
+
+async fn openrouter_responses(
+    req: HttpRequest,
+    body: Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (reply, fault) = take(&req, &body, &state);
+    if let Some(res) = simple_fault(&fault) {
+        return res;
+    }
+    let usage = json!({"input_tokens": reply.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": reply.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens, "cost": 0.00002});
+    let item = json!({"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": reply.text, "annotations": []}]});
+    let response = |status: &str, output: Value, usage: Value| {
+        json!({"id": "resp_fake", "object": "response", "created_at": 1704067200, "model": body["model"],
+               "status": status, "output": output, "usage": usage})
+    };
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return HttpResponse::Ok().json(response("completed", json!([item]), usage));
+    }
+    let mut events = vec![json!({"type": "response.created", "sequence_number": 0,
+        "response": response("in_progress", json!([]), Value::Null)})];
+    for (i, word) in words(&reply.text).into_iter().enumerate() {
+        events.push(json!({"type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_fake",
+            "output_index": 0, "content_index": 0, "delta": word, "logprobs": []}));
+    }
+    let cut = matches!(fault, Some(Fault::CutStream { .. }));
+    if !cut {
+        events.push(json!({"type": "response.completed", "sequence_number": events.len(),
+            "response": response("completed", json!([item]), usage)}));
+    }
+    let mut text: String = events.iter().map(data_event).collect();
+    if !cut {
+        text.push_str("data: [DONE]\n\n");
+    }
+    HttpResponse::Ok().content_type("text/event-stream").streaming(futures_util::stream::once(
+        async move { Ok::<_, actix_web::Error>(Bytes::from(text)) },
+    ))
+}
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod billing;
 mod chat_completions;
+mod endpoints;
 mod errors;
 mod jwt;
 mod lifecycle;

@@ -744,7 +744,7 @@ pub fn classify_error(status: u16, body: &[u8]) -> UpstreamError {
             UpstreamError::ModelNotFound
         }
         (400, "invalid_request_error") => {
-            UpstreamError::BadRequest(format!("Upstream rejected the request: {message}"))
+            UpstreamError::BadRequest(format!("The provider rejected the request: {message}"))
         }
         (413, _) => UpstreamError::BadRequest("Request too large for the provider".into()),
         _ => UpstreamError::Unavailable(format!("anthropic {status} {kind}: {message}")),
@@ -1548,7 +1548,7 @@ data: {\"type\":\"message_stop\"}
         let invalid = envelope("invalid_request_error", "messages: roles must alternate");
         match classify_error(400, &invalid) {
             UpstreamError::BadRequest(m) => {
-                assert_eq!(m, "Upstream rejected the request: messages: roles must alternate")
+                assert_eq!(m, "The provider rejected the request: messages: roles must alternate")
             }
             other => panic!("{other:?}"),
         }
