@@ -108,6 +108,12 @@ Try it:
     -H "Content-Type: application/json" \
     -d '{{"model": "demo/echo", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
+  curl {base}/v1/web-search -H "Authorization: Bearer {key}" \
+    -H "Content-Type: application/json" -d '{{"query": "python 3.13", "num_results": 2}}'
+
+  curl {base}/v1/fetch -H "Authorization: Bearer {key}" \
+    -H "Content-Type: application/json" -d '{{"urls": ["https://example.com/article", "https://example.com/fail"]}}'
+
   python3 -c 'from openai import OpenAI; c = OpenAI(api_key="{key}", base_url="{base}/v1"); print(c.chat.completions.create(model="demo/echo", messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
 
 Balance:  curl -H "Authorization: Bearer {key}" {base}/v1/license

@@ -17,11 +17,11 @@ use crate::auth::{bearer_token, public_key, registry::InvalidateAll};
 use crate::catalog::{Model, TOOLS};
 use crate::error::ApiError;
 use crate::json_body;
-use crate::ledger::price::{Price, Prices};
+use crate::ledger::price::{Price, Prices, MAX_UNIT_MICRO_CREDITS};
 use crate::ledger::Adjust;
 use crate::metering::ledger_error;
 use crate::providers::breaker::GetStatus;
-use crate::providers::CHAT_PROVIDERS;
+use crate::providers::KNOWN_PROVIDERS;
 use crate::store::{self, keys, licenses, organisations, usage, Conn};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -377,6 +377,11 @@ async fn set_tool_price(
     }
     let new: NewToolPrice = body(&req, payload, &state).await?;
     non_negative("micro_credits", new.micro_credits)?;
+    if new.micro_credits > MAX_UNIT_MICRO_CREDITS {
+        return Err(ApiError::BadRequest(format!(
+            "'micro_credits' must not exceed {MAX_UNIT_MICRO_CREDITS}"
+        )));
+    }
     let price = db(&state, move |conn| {
         let lt = license_type(conn, &lt_ref)?;
         organisations::set_tool_price(conn, &lt.id, &tool, new.micro_credits)?;
@@ -621,10 +626,10 @@ async fn list_usage(
 
 // ---- providers ----
 
-/// Each chat provider: configured or not, and its circuit breaker's state.
+/// Each provider: configured or not, and its circuit breaker's state.
 async fn list_providers(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut out = Vec::new();
-    for &name in CHAT_PROVIDERS {
+    for &name in KNOWN_PROVIDERS {
         let status = match state.breakers.get(name) {
             Some((breaker, _)) => Some(
                 breaker

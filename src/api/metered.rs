@@ -1,6 +1,7 @@
-//! The front half every model endpoint shares: find the model, check it can take the
-//! request, and hold the credits it may cost. What differs per endpoint (body shapes, the
-//! upstream call, the usage object) stays in its handler.
+//! The front half every metered endpoint shares: find the model, check it can take the
+//! request, and hold the credits it may cost ([`reserve`]); or, for the fixed-price tools
+//! (web search, fetch), hold their price per unit ([`reserve_units`]). What differs per
+//! endpoint (body shapes, the upstream call, the usage object) stays in its handler.
 
 use std::sync::Arc;
 
@@ -87,6 +88,24 @@ pub async fn reserve(
     let record = usage_record(request_id.clone(), caller, ask.endpoint, &model.id, ask.stream);
     let meter = Meter::reserve(&state.ledger, reserve, record).await?;
     Ok(Metered { model, meter, request_id, ceiling })
+}
+
+/// Holds `units` of the fixed-price `tool` (`web-search` per call, `fetch` per URL) at the
+/// price of the caller's license type (402 when the balance cannot cover them all). The usage
+/// row is the tool's, with no model; its `prompt_tokens` will count the units billed.
+pub async fn reserve_units(
+    req: &HttpRequest,
+    caller: &Caller,
+    state: &AppState,
+    tool: &'static str,
+    units: u64,
+) -> Result<Meter, ApiError> {
+    let price = state.catalog.snapshot().tool_price(&caller.license_type_id, tool);
+    let reserve = Reserve::units(caller.license_id.clone(), price, units).ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!("price of {tool} out of range: {price} µcr"))
+    })?;
+    let record = usage_record(RequestId::of(req), caller, tool, "", false);
+    Meter::reserve(&state.ledger, reserve, record).await
 }
 
 /// Design §0: a content part the model cannot take is refused before any upstream call.

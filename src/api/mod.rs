@@ -10,6 +10,7 @@ pub mod metered;
 pub mod metrics;
 pub mod models;
 pub mod responses;
+pub mod search;
 pub mod streaming;
 
 use actix_web::http::header;
@@ -45,9 +46,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/embeddings", "POST").route(web::post().to(embeddings::embeddings)),
                 )
-                .service(
-                    resource("/responses", "POST").route(web::post().to(responses::responses)),
-                ),
+                .service(resource("/responses", "POST").route(web::post().to(responses::responses)))
+                .service(resource("/web-search", "POST").route(web::post().to(search::web_search)))
+                .service(resource("/fetch", "POST").route(web::post().to(search::fetch))),
         )
         .service(web::scope("/admin/v1").configure(admin::configure))
         .app_data(web::QueryConfig::default().error_handler(|err, _| {

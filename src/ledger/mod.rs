@@ -14,7 +14,7 @@ use actix::prelude::*;
 
 use crate::store::usage::{Adjustment, LedgerWrite, Settlement};
 use crate::store::{self, Pool};
-use price::Prices;
+use price::{Price, Prices, PRICE_SCALE};
 use writer::Writer;
 
 /// The smallest reply worth sending: below this many affordable output tokens, 402.
@@ -96,6 +96,23 @@ pub struct Reserve {
     pub prices: Prices,
     pub prompt_tokens: u64,
     pub max_output_tokens: u64,
+}
+
+impl Reserve {
+    /// A hold for `units` of a fixed-price tool (a web search, a fetched URL) at
+    /// `micro_credits_per_unit` each: the units are billed as input tokens at that price, with no
+    /// output side, so settling with fewer units charges less and never more than the hold.
+    /// `None` when the price is negative or above the largest per-unit price the ledger takes
+    /// (one credit).
+    pub fn units(license_id: String, micro_credits_per_unit: i64, units: u64) -> Option<Reserve> {
+        let input = micro_credits_per_unit.checked_mul(PRICE_SCALE).and_then(Price::from_units)?;
+        Some(Reserve {
+            license_id,
+            prices: Prices { input, output: Price::ZERO },
+            prompt_tokens: units,
+            max_output_tokens: 0,
+        })
+    }
 }
 
 impl Handler<Reserve> for CreditLedger {
@@ -266,5 +283,90 @@ impl Handler<GetBalance> for CreditLedger {
     ) -> Self::Result {
         let account = self.account(&license_id)?;
         Ok(Balance { available: account.available, used: account.used })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{licenses, organisations, test_pool};
+
+    fn settlement(license_id: &str, request_id: &str) -> Settlement {
+        Settlement {
+            request_id: request_id.into(),
+            license_id: license_id.into(),
+            api_key_id: None,
+            endpoint: "fetch",
+            model: String::new(),
+            provider: "demo".into(),
+            stream: false,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            micro_credits: 0,
+            status: "completed",
+        }
+    }
+
+    #[test]
+    fn unit_reserves_price_each_unit_exactly() {
+        let r = Reserve::units("l".into(), 8_000, 3).unwrap();
+        assert_eq!(r.prices.cost(r.prompt_tokens, r.max_output_tokens), 24_000);
+        assert_eq!(r.prices.cost(2, 0), 16_000);
+        assert_eq!(r.prices.cost(0, 0), 0);
+        assert_eq!(Reserve::units("l".into(), 0, 5).unwrap().prices.cost(5, 0), 0);
+        assert_eq!(
+            Reserve::units("l".into(), price::MAX_UNIT_MICRO_CREDITS, 2).unwrap().prices.cost(2, 0),
+            2 * price::MAX_UNIT_MICRO_CREDITS
+        );
+        assert!(Reserve::units("l".into(), price::MAX_UNIT_MICRO_CREDITS + 1, 1).is_none());
+        assert!(Reserve::units("l".into(), -1, 1).is_none());
+        assert!(Reserve::units("l".into(), i64::MAX, 1).is_none());
+    }
+
+    #[actix_web::test]
+    async fn unit_holds_cover_every_unit_and_settle_for_the_ones_used() {
+        let (_dir, pool) = test_pool();
+        let license_id = {
+            let mut conn = pool.get().unwrap();
+            let inst = organisations::create_institution(&conn, "u", "U").unwrap();
+            let lt = organisations::create_license_type(&conn, &inst.id, "s", "S", Some(20_000))
+                .unwrap();
+            let new = licenses::NewLicense {
+                institution_id: &inst.id,
+                license_type_id: &lt.id,
+                unique_id: Some("x"),
+                user_id: None,
+                micro_credits: Some(20_000),
+            };
+            licenses::create(&mut conn, &new).unwrap().license_id
+        };
+        let writer = Writer::start(pool.clone()).unwrap();
+        let ledger = CreditLedger::new(pool, writer).start();
+        let reserve = |units| Reserve::units(license_id.clone(), 8_000, units).unwrap();
+
+        // 3 × 8,000 does not fit in 20,000: refused outright, nothing lowered.
+        assert!(matches!(
+            ledger.send(reserve(3)).await.unwrap(),
+            Err(LedgerError::InsufficientCredits)
+        ));
+        let hold = ledger.send(reserve(2)).await.unwrap().unwrap();
+        assert_eq!(hold.amount, 16_000);
+        // Only 4,000 is spendable while the hold is open.
+        assert!(ledger.send(reserve(1)).await.unwrap().is_err());
+        let mut usage = settlement(&license_id, "r1");
+        usage.prompt_tokens = 1;
+        let settled = ledger.send(Settle { hold, usage }).await.unwrap().unwrap();
+        assert_eq!(settled.credits_used, 8_000);
+        assert_eq!(settled.credits_remaining, Some(12_000));
+        // A settle for none of the units charges nothing.
+        let hold = ledger.send(reserve(1)).await.unwrap().unwrap();
+        let settled = ledger
+            .send(Settle { hold, usage: settlement(&license_id, "r2") })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(settled.credits_used, 0);
+        let balance = ledger.send(GetBalance(license_id.clone())).await.unwrap().unwrap();
+        assert_eq!(balance, Balance { available: Some(12_000), used: 8_000 });
     }
 }

@@ -10,6 +10,9 @@ const DECIMALS: u32 = 9;
 /// No real model costs a full credit per token; the bound keeps every product inside i128
 /// with room to spare and catches a price typed in the wrong unit.
 const MAX_PRICE: i64 = 1_000_000 * PRICE_SCALE;
+/// The largest fixed price of one tool unit (a web search, a fetched URL): one credit, the
+/// same bound as a price per token.
+pub const MAX_UNIT_MICRO_CREDITS: i64 = MAX_PRICE / PRICE_SCALE;
 
 /// Micro-credits per token, in units of 10⁻⁹ (so `0.0016` is stored as `1_600_000`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

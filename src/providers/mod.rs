@@ -1,13 +1,18 @@
 //! Upstream providers. Each turns a validated chat request into an OpenAI-shaped completion
-//! or chunk stream and reports token usage; none knows about credits or keys. Each has a
+//! or chunk stream and reports token usage, or (Exa, Tavily, demo) a web search or fetch into
+//! the documented result shapes (`search.rs`); none knows about credits or keys. Each has a
 //! circuit breaker (an actor shared by all workers) that routing consults.
 
 pub mod anthropic;
 pub mod breaker;
 pub mod demo;
+mod demo_search;
+pub mod exa;
 pub mod http;
 pub mod openrouter;
+pub mod search;
 pub mod sse;
+pub mod tavily;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -29,6 +34,8 @@ pub const CHAT_PROVIDERS: &[&str] = &["openrouter", "anthropic", "demo"];
 pub const EMBEDDING_PROVIDERS: &[&str] = &["openrouter", "demo"];
 /// The public docs give only OpenRouter for the Responses API (design §0); demo is ours.
 pub const RESPONSES_PROVIDERS: &[&str] = &["openrouter", "demo"];
+/// The providers of `/v1/web-search` and `/v1/fetch`, in default route order.
+pub const SEARCH_PROVIDERS: &[&str] = &["exa", "tavily", "demo"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
@@ -156,6 +163,8 @@ enum Backend {
     Demo(demo::Demo),
     OpenRouter(openrouter::OpenRouter),
     Anthropic(anthropic::Anthropic),
+    Exa(exa::Exa),
+    Tavily(tavily::Tavily),
 }
 
 pub struct Provider {
@@ -171,6 +180,10 @@ impl Provider {
             Backend::Demo(demo) => Ok(demo.chat(call)),
             Backend::OpenRouter(p) => p.chat(call).await,
             Backend::Anthropic(p) => p.chat(call).await,
+            Backend::Exa(_) | Backend::Tavily(_) => Err(UpstreamError::Unsupported(format!(
+                "Provider '{}' does not support this endpoint",
+                self.name
+            ))),
         }
     }
 
@@ -179,9 +192,12 @@ impl Provider {
         match &self.backend {
             Backend::Demo(demo) => Ok(demo.responses(call)),
             Backend::OpenRouter(p) => p.responses(call).await,
-            Backend::Anthropic(_) => Err(UpstreamError::Unsupported(
-                "Provider 'anthropic' does not support the Responses API".into(),
-            )),
+            Backend::Anthropic(_) | Backend::Exa(_) | Backend::Tavily(_) => {
+                Err(UpstreamError::Unsupported(format!(
+                    "Provider '{}' does not support the Responses API",
+                    self.name
+                )))
+            }
         }
     }
 
@@ -189,9 +205,12 @@ impl Provider {
         match &self.backend {
             Backend::Demo(demo) => Ok(demo.embeddings(call)),
             Backend::OpenRouter(p) => p.embeddings(call).await,
-            Backend::Anthropic(_) => Err(UpstreamError::Unsupported(
-                "Provider 'anthropic' does not serve embeddings".into(),
-            )),
+            Backend::Anthropic(_) | Backend::Exa(_) | Backend::Tavily(_) => {
+                Err(UpstreamError::Unsupported(format!(
+                    "Provider '{}' does not serve embeddings",
+                    self.name
+                )))
+            }
         }
     }
 }
@@ -205,6 +224,8 @@ fn configured(settings: &Settings) -> Vec<&'static str> {
     [
         ("openrouter", p.openrouter.is_configured()),
         ("anthropic", p.anthropic.is_configured()),
+        ("exa", p.exa.is_configured()),
+        ("tavily", p.tavily.is_configured()),
         ("demo", p.demo.enabled),
     ]
     .into_iter()
@@ -247,6 +268,8 @@ impl Providers {
                     "anthropic" => {
                         Backend::Anthropic(anthropic::Anthropic::new(&p.anthropic, timeout))
                     }
+                    "exa" => Backend::Exa(exa::Exa::new(&p.exa, timeout)),
+                    "tavily" => Backend::Tavily(tavily::Tavily::new(&p.tavily, timeout)),
                     _ => Backend::Demo(demo::Demo::new(&p.demo)),
                 };
                 (name, Provider { name, breaker: breaker.clone(), health: health.clone(), backend })

@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 pub mod chat;
 pub mod embeddings;
 pub mod responses;
+pub mod search;
 
 /// The exact client-facing 400 message.
 pub type Invalid = String;

@@ -1,5 +1,6 @@
 //! One test binary for the whole HTTP surface (one build, shared by every test).
 
+mod fake_search;
 mod fake_upstream;
 mod helpers;
 
@@ -13,3 +14,4 @@ mod jwt;
 mod lifecycle;
 mod metrics;
 mod upstreams;
+mod web_search;
