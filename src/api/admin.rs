@@ -157,6 +157,16 @@ fn license(conn: &Conn, id: &str) -> Result<licenses::License, ApiError> {
     licenses::get(conn, id)?.ok_or_else(|| ApiError::NotFound(format!("License '{id}' not found")))
 }
 
+/// Clears the KeyRegistry's caches and waits until it is done, so the very next request is
+/// judged against the database (handlers read the caches directly).
+async fn forget_credentials(state: &AppState) -> Result<(), ApiError> {
+    state
+        .registry
+        .send(InvalidateAll)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("registry: {e}")))
+}
+
 fn created(value: impl serde::Serialize) -> HttpResponse {
     HttpResponse::Created().json(value)
 }
@@ -235,7 +245,7 @@ async fn add_public_key(
         Ok(organisations::add_public_key(conn, &inst.id, new.kid.as_deref(), &raw)?)
     })
     .await?;
-    state.registry.do_send(InvalidateAll);
+    forget_credentials(&state).await?;
     Ok(created(json!({ "id": key.id, "kid": key.kid, "created_at": key.created_at })))
 }
 
@@ -266,7 +276,7 @@ async fn delete_public_key(
     if !found {
         return Err(ApiError::NotFound(format!("Public key '{id}' not found")));
     }
-    state.registry.do_send(InvalidateAll);
+    forget_credentials(&state).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -583,12 +593,7 @@ async fn delete_key(
     if !found {
         return Err(ApiError::NotFound(format!("Key '{id}' not found")));
     }
-    // Wait for the cache to be cleared, so the next request is refused for certain.
-    state
-        .registry
-        .send(InvalidateAll)
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("registry: {e}")))?;
+    forget_credentials(&state).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -11,7 +11,8 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
 use super::{
-    ChatCall, ChatReply, Embeddings, EmbeddingsCall, ResponsesCall, StreamItem, TokenUsage,
+    ChatCall, ChatReply, ChunkStream, Embeddings, EmbeddingsCall, ResponsesCall, StreamItem,
+    TokenUsage,
 };
 use crate::config::DemoProvider;
 
@@ -85,19 +86,7 @@ impl Demo {
             completion_tokens: 0,
         });
         items.push(StreamItem::Usage(usage));
-        let delay = self.token_delay;
-        ChatReply::Stream(
-            stream::iter(items)
-                .then(move |item| async move {
-                    if !delay.is_zero()
-                        && matches!(item, StreamItem::Chunk { completion_tokens: 1, .. })
-                    {
-                        actix_web::rt::time::sleep(delay).await;
-                    }
-                    Ok(item)
-                })
-                .boxed_local(),
-        )
+        ChatReply::Stream(self.paced(items))
     }
 }
 
@@ -178,19 +167,7 @@ impl Demo {
         items.insert(0, StreamItem::Usage(TokenUsage { prompt_tokens, completion_tokens: 0 }));
         items.push(StreamItem::Usage(usage));
         items.push(StreamItem::Final(last));
-        let delay = self.token_delay;
-        ChatReply::Stream(
-            stream::iter(items)
-                .then(move |item| async move {
-                    if !delay.is_zero()
-                        && matches!(item, StreamItem::Chunk { completion_tokens: 1, .. })
-                    {
-                        actix_web::rt::time::sleep(delay).await;
-                    }
-                    Ok(item)
-                })
-                .boxed_local(),
-        )
+        ChatReply::Stream(self.paced(items))
     }
 }
 
@@ -261,6 +238,23 @@ fn demo_vector(text: &str, size: usize) -> Vec<f64> {
     values.truncate(size);
     let norm = values.iter().map(|v| v * v).sum::<f64>().sqrt().max(f64::EPSILON);
     values.iter().map(|v| v / norm).collect()
+}
+
+impl Demo {
+    /// Streams `items`, pausing `token_delay_ms` before each output token.
+    fn paced(&self, items: Vec<StreamItem>) -> ChunkStream {
+        let delay = self.token_delay;
+        stream::iter(items)
+            .then(move |item| async move {
+                if !delay.is_zero()
+                    && matches!(item, StreamItem::Chunk { completion_tokens: 1, .. })
+                {
+                    actix_web::rt::time::sleep(delay).await;
+                }
+                Ok(item)
+            })
+            .boxed_local()
+    }
 }
 
 /// The text of a message's content: a string, or the `text` of its text parts.

@@ -26,6 +26,25 @@ pub fn client(timeout: Duration) -> awc::Client {
         .finish()
 }
 
+/// A response whose status was a success; its body is still to be read.
+pub type Response = awc::ClientResponse;
+
+/// Sends a prepared JSON POST. A transport failure is `Unavailable`; a non-2xx answer
+/// becomes whatever `classify` makes of its status and (bounded) body.
+pub async fn post_json(
+    request: awc::ClientRequest,
+    body: &impl serde::Serialize,
+    provider: &str,
+    classify: fn(u16, &[u8]) -> UpstreamError,
+) -> Result<Response, UpstreamError> {
+    let mut res = request.send_json(body).await.map_err(|e| transport_error(provider, e))?;
+    if !res.status().is_success() {
+        let text = error_body(&mut res).await;
+        return Err(classify(res.status().as_u16(), &text));
+    }
+    Ok(res)
+}
+
 pub fn transport_error(provider: &str, e: impl std::fmt::Display) -> UpstreamError {
     UpstreamError::Unavailable(format!("{provider}: request failed: {e}"))
 }

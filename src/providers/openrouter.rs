@@ -37,22 +37,25 @@ impl OpenRouter {
         }
     }
 
+    /// POSTs to OpenRouter with our key; a failure comes back classified.
+    async fn post(
+        &self,
+        url: &str,
+        body: &Map<String, Value>,
+    ) -> Result<http::Response, UpstreamError> {
+        let request = self
+            .client
+            .post(url)
+            .bearer_auth(&self.api_key)
+            .insert_header(("X-Title", "Quantized"));
+        http::post_json(request, body, NAME, classify_error).await
+    }
+
     pub async fn chat(&self, call: &ChatCall<'_>) -> Result<ChatReply, UpstreamError> {
         let mut body = call.request.body.clone();
         body.insert("model".into(), Value::String(call.upstream_model.to_string()));
         let started = std::time::Instant::now();
-        let mut res = self
-            .client
-            .post(&self.url)
-            .bearer_auth(&self.api_key)
-            .insert_header(("X-Title", "Quantized"))
-            .send_json(&body)
-            .await
-            .map_err(|e| http::transport_error(NAME, e))?;
-        if !res.status().is_success() {
-            let text = http::error_body(&mut res).await;
-            return Err(classify_error(res.status().as_u16(), &text));
-        }
+        let mut res = self.post(&self.url, &body).await?;
         if call.request.stream {
             let translator = ChunkTranslator {
                 model: call.request.model.clone(),
@@ -79,18 +82,7 @@ impl OpenRouter {
         // The gateway encodes base64 itself when asked; upstream always sends floats.
         body.insert("encoding_format".into(), Value::String("float".into()));
         let started = std::time::Instant::now();
-        let mut res = self
-            .client
-            .post(&self.embeddings_url)
-            .bearer_auth(&self.api_key)
-            .insert_header(("X-Title", "Quantized"))
-            .send_json(&body)
-            .await
-            .map_err(|e| http::transport_error(NAME, e))?;
-        if !res.status().is_success() {
-            let text = http::error_body(&mut res).await;
-            return Err(classify_error(res.status().as_u16(), &text));
-        }
+        let mut res = self.post(&self.embeddings_url, &body).await?;
         let left = self.timeout.saturating_sub(started.elapsed());
         let bytes = http::read_body(&mut res, BODY_LIMIT, left, NAME).await?;
         parse_embeddings(&bytes, call.request.inputs.len())
@@ -102,18 +94,7 @@ impl OpenRouter {
         let mut body = call.request.body.clone();
         body.insert("model".into(), Value::String(call.upstream_model.to_string()));
         let started = std::time::Instant::now();
-        let mut res = self
-            .client
-            .post(&self.responses_url)
-            .bearer_auth(&self.api_key)
-            .insert_header(("X-Title", "Quantized"))
-            .send_json(&body)
-            .await
-            .map_err(|e| http::transport_error(NAME, e))?;
-        if !res.status().is_success() {
-            let text = http::error_body(&mut res).await;
-            return Err(classify_error(res.status().as_u16(), &text));
-        }
+        let mut res = self.post(&self.responses_url, &body).await?;
         if call.request.stream {
             let translator = ResponsesTranslator { model: call.request.model.clone(), done: false };
             return Ok(ChatReply::Stream(translated_stream(

@@ -41,18 +41,12 @@ impl Anthropic {
             call.request.stream,
         )?;
         let started = std::time::Instant::now();
-        let mut res = self
+        let request = self
             .client
             .post(&self.url)
             .insert_header(("x-api-key", self.api_key.as_str()))
-            .insert_header(("anthropic-version", API_VERSION))
-            .send_json(&body)
-            .await
-            .map_err(|e| http::transport_error(NAME, e))?;
-        if !res.status().is_success() {
-            let text = http::error_body(&mut res).await;
-            return Err(translate::classify_error(res.status().as_u16(), &text));
-        }
+            .insert_header(("anthropic-version", API_VERSION));
+        let mut res = http::post_json(request, &body, NAME, translate::classify_error).await?;
         if call.request.stream {
             let translator = translate::StreamTranslator::new(&call.request.model);
             return Ok(ChatReply::Stream(translated_stream(
