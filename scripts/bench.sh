@@ -357,7 +357,7 @@ gateway_errors=$(grep -cE '^\[[^ ]+ +(ERROR|WARN)' "$tmp/gateway.log" || true)
 
 ms() { awk -v u="$1" 'BEGIN { printf "%.3f ms", u / 1000 }'; }
 plus_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f ms", (b - a) / 1000 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "× %.2f", b / a }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "× %.2g", b / a }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }
 num() { # 12345 → 12,345
     awk -v n="$1" 'BEGIN { s = sprintf("%d", n); r = ""
