@@ -97,6 +97,11 @@ gateway_bin=${CARGO_TARGET_DIR:-$root/target}/release/quantized
 
 # --- processes we start, and their cleanup ------------------------------------------------
 
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$up_port" "$gw_port"; do
+    ! port_in_use "$port" || die "port $port is in use; set BENCH_UPSTREAM_PORT / BENCH_GATEWAY_PORT"
+done
+
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/quantized-bench.XXXXXX")
 nginx_pid=""
 gateway_pid=""
@@ -129,8 +134,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 wait_for() { # wait_for URL PID NAME: until URL answers, or PID died, or 10 s passed
     local _
     for _ in $(seq 100); do
@@ -148,10 +151,6 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((4 * streams + 1024
 fi
 
 # --- 2. the canned upstream ---------------------------------------------------------------
-
-for port in "$up_port" "$gw_port"; do
-    ! port_in_use "$port" || die "port $port is in use; set BENCH_UPSTREAM_PORT / BENCH_GATEWAY_PORT"
-done
 
 python3 - "$bench" "$tmp" "$up_port" <<'EOF'
 import sys
