@@ -19,7 +19,11 @@ pub const EVENT_LIMIT: usize = 8 * 1024 * 1024;
 /// A client for one worker thread. `timeout` bounds connecting, sending and the response
 /// head; bodies are bounded by the callers.
 pub fn client(timeout: Duration) -> awc::Client {
+    // awc's default pool holds at most 100 upstream connections per worker, which would cap
+    // how many streams a worker relays at once (LLM streams last tens of seconds).
+    let connector = awc::Connector::new().limit(0);
     awc::Client::builder()
+        .connector(connector)
         .timeout(timeout)
         .disable_redirects()
         .add_default_header(("user-agent", concat!("quantized/", env!("CARGO_PKG_VERSION"))))
