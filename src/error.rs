@@ -25,6 +25,8 @@ pub enum ApiError {
     Conflict(String),
     #[display("Request body too large: the limit is {_0} bytes")]
     PayloadTooLarge(usize),
+    #[display("Request body not received in time")]
+    BodyTimeout,
     /// Any upstream or dependency failure; the cause is logged, the client sees only 503.
     #[display("{UNAVAILABLE}")]
     Unavailable(anyhow::Error),
@@ -68,6 +70,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod providers;
 pub mod routing;
 pub mod store;
+pub mod strict_json;
 pub mod telemetry;
 pub mod validation;
 

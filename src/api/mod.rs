@@ -78,6 +78,9 @@ pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     }))
 }
 
+/// How long a request body may take to arrive once its head has.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads a JSON request body: the content type must be JSON, the size within the limit
 /// (checked against `Content-Length` first, then while reading), and the bytes valid JSON.
 /// Returns the value and the body's size in bytes.
@@ -103,19 +106,28 @@ pub async fn read_json(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    // The HTTP layer bounds how long the head may take, not the body: a client that stalls
+    // mid-body would hold its connection (and a worker's attention) for ever.
+    let body = actix_web::rt::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout)??;
     if body.is_empty() {
         return Err(ApiError::bad_request("request body is empty: expected a JSON object"));
     }
-    let value = serde_json::from_slice(&body)
+    let value = crate::strict_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     Ok((value, body.len()))
 }

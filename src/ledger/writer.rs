@@ -2,15 +2,19 @@
 //! commit and applies them in one transaction (group commit), so durable billing costs one
 //! commit per batch instead of one per request.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::oneshot;
 
-use crate::store::{self, usage::LedgerWrite, Pool};
+use rusqlite::Connection;
+
+use crate::store::usage::{LedgerWrite, Settlement};
+use crate::store::{self, Pool};
 
 /// Bounds one transaction so a huge backlog still commits in steps of reasonable size.
 const MAX_BATCH: usize = 1024;
@@ -64,7 +68,13 @@ impl Writer {
     }
 }
 
+/// How often a key's `last_used_at` is written at most.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
 fn run(pool: Pool, queue: mpsc::Receiver<Job>, stats: &WriterStats) {
+    let mut touched: HashMap<String, Instant> = HashMap::new();
+    // One connection for the writer's whole life: no pool round trip per batch.
+    let mut conn: Option<store::Conn> = None;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -74,7 +84,18 @@ fn run(pool: Pool, queue: mpsc::Receiver<Job>, stats: &WriterStats) {
             }
         }
         let started = Instant::now();
-        let results = commit(&pool, &batch);
+        let touch: Vec<bool> =
+            batch.iter().map(|job| due_for_touch(&mut touched, &job.write, started)).collect();
+        let results = match conn.as_mut() {
+            Some(conn) => commit(conn, &batch, &touch),
+            None => match store::get(&pool) {
+                Ok(fresh) => commit(conn.insert(fresh), &batch, &touch),
+                Err(e) => batch.iter().map(|_| Err(format!("{e:#}"))).collect(),
+            },
+        };
+        if results.iter().all(Result::is_err) {
+            conn = None; // a broken connection is replaced on the next batch
+        }
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
         stats
@@ -91,20 +112,48 @@ fn run(pool: Pool, queue: mpsc::Receiver<Job>, stats: &WriterStats) {
             }
             let _ = job.done.send(result);
         }
+        if touched.len() > 100_000 {
+            touched.clear();
+        }
     }
     log::debug!("ledger writer stopped");
 }
 
-/// One transaction for the batch; each write in its own savepoint so one bad write fails
+fn due_for_touch(
+    touched: &mut HashMap<String, Instant>,
+    write: &LedgerWrite,
+    now: Instant,
+) -> bool {
+    let LedgerWrite::Settle(Settlement { api_key_id: Some(key), .. }) = write else { return false };
+    match touched.get(key) {
+        Some(at) if now.duration_since(*at) < TOUCH_EVERY => false,
+        _ => {
+            touched.insert(key.clone(), now);
+            true
+        }
+    }
+}
+
+/// One transaction for the batch. Writes almost never fail, so the batch is first tried
+/// whole; if any write fails, it is redone with a savepoint per write, so the bad one fails
 /// alone instead of taking its neighbours with it.
-fn commit(pool: &Pool, batch: &[Job]) -> Vec<WriteResult> {
-    let attempt = || -> anyhow::Result<Vec<WriteResult>> {
-        let mut conn = store::get(pool)?;
+fn commit(conn: &mut Connection, batch: &[Job], touch: &[bool]) -> Vec<WriteResult> {
+    let mut whole = || -> anyhow::Result<()> {
+        let tx = conn.transaction().context("begin")?;
+        for (job, &touch_key) in batch.iter().zip(touch) {
+            store::usage::apply(&tx, &job.write, touch_key)?;
+        }
+        tx.commit().context("commit")
+    };
+    if whole().is_ok() {
+        return batch.iter().map(|_| Ok(())).collect();
+    }
+    let mut one_by_one = || -> anyhow::Result<Vec<WriteResult>> {
         let mut tx = conn.transaction().context("begin")?;
         let mut results = Vec::with_capacity(batch.len());
-        for job in batch {
+        for (job, &touch_key) in batch.iter().zip(touch) {
             let sp = tx.savepoint().context("savepoint")?;
-            match store::usage::apply(&sp, &job.write) {
+            match store::usage::apply(&sp, &job.write, touch_key) {
                 Ok(()) => {
                     sp.commit().context("release savepoint")?;
                     results.push(Ok(()));
@@ -118,7 +167,7 @@ fn commit(pool: &Pool, batch: &[Job]) -> Vec<WriteResult> {
         tx.commit().context("commit")?;
         Ok(results)
     };
-    match attempt() {
+    match one_by_one() {
         Ok(results) => results,
         Err(e) => {
             let message = format!("{e:#}");

@@ -39,7 +39,9 @@ pub enum LedgerWrite {
 
 /// Applies one write inside the caller's transaction. The balance update is conditional,
 /// so even a bug upstream of here cannot take a balance below zero.
-pub fn apply(conn: &Connection, write: &LedgerWrite) -> anyhow::Result<()> {
+/// `touch_key` also records the key's `last_used_at` (the writer does that at most once a
+/// minute per key: it is for operators, and a write per request would double the I/O).
+pub fn apply(conn: &Connection, write: &LedgerWrite, touch_key: bool) -> anyhow::Result<()> {
     let at = now();
     match write {
         LedgerWrite::Settle(s) => {
@@ -86,7 +88,7 @@ pub fn apply(conn: &Connection, write: &LedgerWrite) -> anyhow::Result<()> {
                     None,
                 )?;
             }
-            if let Some(key) = &s.api_key_id {
+            if let Some(key) = s.api_key_id.as_ref().filter(|_| touch_key) {
                 conn.prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2")?
                     .execute(params![at, key])
                     .context("touch key")?;
