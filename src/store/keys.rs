@@ -106,7 +106,7 @@ pub fn create(conn: &Connection, new: &NewKey) -> anyhow::Result<(KeyInfo, Strin
 pub fn list(conn: &Connection, license_id: &str) -> anyhow::Result<Vec<KeyInfo>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, prefix, name, active, expires_at, ephemeral, created_at, last_used_at
-         FROM api_keys WHERE license_id = ?1 ORDER BY created_at, id",
+         FROM api_keys WHERE license_id = ?1 ORDER BY created_at, rowid",
     )?;
     let rows = stmt
         .query_map([license_id], |r| {

@@ -96,7 +96,7 @@ pub fn list(conn: &Connection, filter: &Filter) -> anyhow::Result<Vec<License>> 
         "SELECT {COLUMNS} FROM licenses
          WHERE (?1 IS NULL OR institution_id = ?1) AND (?2 IS NULL OR license_type_id = ?2)
            AND (?3 IS NULL OR unique_id = ?3)
-         ORDER BY created_at, id LIMIT 10000"
+         ORDER BY created_at, rowid LIMIT 10000"
     ))?;
     let rows = stmt
         .query_map(

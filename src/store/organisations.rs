@@ -71,7 +71,7 @@ pub fn create_institution(
 
 pub fn list_institutions(conn: &Connection) -> anyhow::Result<Vec<Institution>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, alias, name, created_at FROM institutions ORDER BY created_at, id",
+        "SELECT id, alias, name, created_at FROM institutions ORDER BY created_at, rowid",
     )?;
     let rows =
         stmt.query_map([], institution)?.collect::<Result<_, _>>().context("list institutions")?;
@@ -126,7 +126,7 @@ pub fn kid_in_use(conn: &Connection, institution_id: &str, kid: &str) -> anyhow:
 pub fn list_public_keys(conn: &Connection, institution_id: &str) -> anyhow::Result<Vec<PublicKey>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, institution_id, kid, created_at FROM institution_public_keys
-         WHERE institution_id = ?1 AND active = 1 ORDER BY created_at, id",
+         WHERE institution_id = ?1 AND active = 1 ORDER BY created_at, rowid",
     )?;
     let rows = stmt
         .query_map([institution_id], |r| {
@@ -156,7 +156,7 @@ pub fn verification_keys(
 ) -> anyhow::Result<Vec<VerificationKey>> {
     let mut stmt = conn.prepare_cached(
         "SELECT kid, public_key FROM institution_public_keys
-         WHERE institution_id = ?1 AND active = 1 ORDER BY created_at, id",
+         WHERE institution_id = ?1 AND active = 1 ORDER BY created_at, rowid",
     )?;
     let rows = stmt
         .query_map([institution_id], |r| Ok(VerificationKey { kid: r.get(0)?, raw: r.get(1)? }))?
@@ -202,7 +202,7 @@ const LICENSE_TYPE_COLUMNS: &str =
 
 pub fn list_license_types(conn: &Connection) -> anyhow::Result<Vec<LicenseType>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {LICENSE_TYPE_COLUMNS} FROM license_types ORDER BY created_at, id"
+        "SELECT {LICENSE_TYPE_COLUMNS} FROM license_types ORDER BY created_at, rowid"
     ))?;
     let rows = stmt
         .query_map([], license_type)?
