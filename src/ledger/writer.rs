@@ -42,7 +42,12 @@ pub struct WriterStats {
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
     pub stats: Arc<WriterStats>,
+    /// Dropped with the last `Writer`, which stops the checkpointer.
+    _checkpointer: Arc<mpsc::Sender<()>>,
 }
+
+/// How often the WAL is checkpointed.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 impl Writer {
     /// Starts the writer thread. It ends when every `Writer` handle has been dropped and
@@ -51,11 +56,17 @@ impl Writer {
         let (jobs, queue) = mpsc::channel::<Job>();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
+        let checkpoint_pool = pool.clone();
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || run(pool, queue, &thread_stats))
             .context("start ledger writer thread")?;
-        Ok(Writer { jobs, stats })
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || checkpoint_until_stopped(checkpoint_pool, stopped))
+            .context("start checkpoint thread")?;
+        Ok(Writer { jobs, stats, _checkpointer: Arc::new(stop) })
     }
 
     /// Queues a write; the receiver resolves once it is committed (or failed).
@@ -65,6 +76,26 @@ impl Writer {
             let _ = job.done.send(Err("ledger writer stopped".into()));
         }
         receiver
+    }
+}
+
+/// SQLite checkpoints the WAL in whichever connection's commit crosses 1,000 pages; on the
+/// ledger writer that stalls every request waiting for its commit (tens of ms at p99). So the
+/// writer's connection does not checkpoint, and this thread does, PASSIVE (it never blocks a
+/// writer), once a second.
+fn checkpoint_until_stopped(pool: Pool, stopped: mpsc::Receiver<()>) {
+    loop {
+        let stop =
+            !matches!(stopped.recv_timeout(CHECKPOINT_EVERY), Err(mpsc::RecvTimeoutError::Timeout));
+        let result = store::get(&pool).and_then(|conn| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).context("checkpoint")
+        });
+        if let Err(e) = result {
+            log::warn!("WAL checkpoint failed: {e:#}");
+        }
+        if stop {
+            return;
+        }
     }
 }
 
@@ -88,7 +119,7 @@ fn run(pool: Pool, queue: mpsc::Receiver<Job>, stats: &WriterStats) {
             batch.iter().map(|job| due_for_touch(&mut touched, &job.write, started)).collect();
         let results = match conn.as_mut() {
             Some(conn) => commit(conn, &batch, &touch),
-            None => match store::get(&pool) {
+            None => match store::get(&pool).and_then(without_autocheckpoint) {
                 Ok(fresh) => commit(conn.insert(fresh), &batch, &touch),
                 Err(e) => batch.iter().map(|_| Err(format!("{e:#}"))).collect(),
             },
@@ -117,6 +148,12 @@ fn run(pool: Pool, queue: mpsc::Receiver<Job>, stats: &WriterStats) {
         }
     }
     log::debug!("ledger writer stopped");
+}
+
+/// The writer leaves checkpoints to `checkpoint_until_stopped`.
+fn without_autocheckpoint(conn: store::Conn) -> anyhow::Result<store::Conn> {
+    conn.pragma_update(None, "wal_autocheckpoint", 0).context("disable autocheckpoint")?;
+    Ok(conn)
 }
 
 fn due_for_touch(

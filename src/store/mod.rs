@@ -26,11 +26,6 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_jwt_ephemeral_keys.sql"),
 ];
 
-/// WAL pages between automatic checkpoints (SQLite's default is 1,000). The ledger rewrites
-/// the same few pages in every commit; checkpointing less often copies each of them once per
-/// checkpoint instead of many times, and fsyncs less.
-const WAL_CHECKPOINT_PAGES: u32 = 10_000;
-
 /// Writers wait this long for the lock before failing; the ledger's group commit keeps
 /// real waits far below it.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,12 +43,13 @@ pub fn open(path: &Path, sync: SyncMode, max_size: u32) -> anyhow::Result<Pool> 
     let manager = SqliteConnectionManager::file(path).with_init(move |c| {
         c.busy_timeout(BUSY_TIMEOUT)?;
         c.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync_pragma}; PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES};"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync_pragma}; PRAGMA foreign_keys = ON;"
         ))
     });
     let pool = r2d2::Pool::builder()
         .max_size(max_size)
+        // Connections open on demand: each holds its own page cache (~2 MB when warm).
+        .min_idle(Some(1))
         .connection_timeout(Duration::from_secs(10))
         .build(manager)
         .with_context(|| format!("cannot open database {}", path.display()))?;
