@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 
 use super::http::{self, error_message};
 use super::search::{
-    classify_status, malformed, non_empty, post_json, same_url, Answer, FetchCall, FetchedPage,
-    SearchCall, SearchHit, SearchReply, FETCH_SUCCESS,
+    classify_status, malformed, non_empty, post_json, same_url, text_of, Answer, FetchCall,
+    FetchedPage, SearchCall, SearchHit, SearchReply, FETCH_SUCCESS,
 };
 use super::UpstreamError;
 use crate::config::HttpProvider;
@@ -81,10 +81,6 @@ fn is_page_failure(body: &[u8]) -> bool {
     value.get("tag").and_then(Value::as_str).is_some_and(|tag| PAGE_FAILURE_TAGS.contains(&tag))
 }
 
-fn text_of<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
-    object.get(key).and_then(Value::as_str)
-}
-
 fn parse_search(reply: &Map<String, Value>) -> Result<SearchReply, UpstreamError> {
     let results = reply
         .get("results")
@@ -135,16 +131,9 @@ fn parse_contents(
             let status = statuses.iter().find(|s| names(s, url)).and_then(|s| text_of(s, "status"));
             let result = results.iter().find(|r| names(r, url));
             match result {
-                Some(result) if status.is_none_or(|s| s == FETCH_SUCCESS) => FetchedPage {
-                    url: url.clone(),
-                    title: non_empty(text_of(result, "title")),
-                    text: if call.include_text {
-                        text_of(result, "text").map(str::to_string)
-                    } else {
-                        None
-                    },
-                    status: FETCH_SUCCESS.into(),
-                },
+                Some(result) if status.is_none_or(|s| s == FETCH_SUCCESS) => {
+                    FetchedPage::found(url, result, "text", call.include_text)
+                }
                 _ => FetchedPage::failed(url),
             }
         })

@@ -56,6 +56,16 @@ impl FetchedPage {
         FetchedPage { url: url.to_string(), title: None, text: None, status: FETCH_ERROR.into() }
     }
 
+    /// A page the provider returned: its title, and the text in `text_field` when asked for.
+    pub fn found(url: &str, page: &Value, text_field: &str, include_text: bool) -> FetchedPage {
+        FetchedPage {
+            url: url.to_string(),
+            title: non_empty(text_of(page, "title")),
+            text: if include_text { text_of(page, text_field).map(str::to_string) } else { None },
+            status: FETCH_SUCCESS.into(),
+        }
+    }
+
     pub fn succeeded(&self) -> bool {
         self.status == FETCH_SUCCESS
     }
@@ -146,6 +156,11 @@ pub(super) fn classify_status(
 }
 
 /// Text the provider sent, or nothing: an empty string says no more than `null` does.
+/// A string field of a provider's JSON object.
+pub fn text_of<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object.get(key).and_then(Value::as_str)
+}
+
 pub fn non_empty(text: Option<&str>) -> Option<String> {
     text.map(str::trim).filter(|t| !t.is_empty()).map(str::to_string)
 }

@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 
 use super::http;
 use super::search::{
-    classify_status, malformed, non_empty, post_json, same_url, Answer, FetchCall, FetchedPage,
-    SearchCall, SearchHit, SearchReply, FETCH_SUCCESS,
+    classify_status, malformed, non_empty, post_json, same_url, text_of, Answer, FetchCall,
+    FetchedPage, SearchCall, SearchHit, SearchReply,
 };
 use super::UpstreamError;
 use crate::config::HttpProvider;
@@ -77,10 +77,6 @@ fn classify_error(status: u16, body: &[u8]) -> UpstreamError {
     classify_status(NAME, status, error_message(body).or_else(|| http::error_message(body)))
 }
 
-fn text_of<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
-    object.get(key).and_then(Value::as_str)
-}
-
 fn results(reply: &Map<String, Value>) -> Result<&[Value], UpstreamError> {
     reply
         .get("results")
@@ -126,16 +122,7 @@ fn parse_extract(
             let found =
                 results.iter().find(|r| text_of(r, "url").is_some_and(|u| same_url(url, u)));
             match found {
-                Some(page) => FetchedPage {
-                    url: url.clone(),
-                    title: non_empty(text_of(page, "title")),
-                    text: if call.include_text {
-                        text_of(page, "raw_content").map(str::to_string)
-                    } else {
-                        None
-                    },
-                    status: FETCH_SUCCESS.into(),
-                },
+                Some(page) => FetchedPage::found(url, page, "raw_content", call.include_text),
                 None => FetchedPage::failed(url),
             }
         })
