@@ -1,19 +1,17 @@
-use std::time::{Duration, Instant};
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use crate::api::metered::{self, Ask, Metered};
-use crate::api::{forced_provider, read_json, streaming};
+use crate::api::metered::{self, Ask};
+use crate::api::streaming::Protocol;
+use crate::api::{forced_provider, read_json};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::catalog::ModelKind;
+use crate::catalog::Route;
 use crate::error::ApiError;
+use crate::ledger::Settled;
 use crate::metering::usage_json;
-use crate::providers::breaker::Outcome;
-use crate::providers::{ChatCall, ChatReply, Providers, CHAT_PROVIDERS};
-use crate::routing;
-use crate::telemetry::{add_upstream_wait, label_request};
+use crate::providers::{ChatCall, Provider, Providers, TokenUsage, CHAT_PROVIDERS};
 use crate::validation::chat::chat_request;
 
 /// POST /v1/chat/completions
@@ -39,58 +37,43 @@ pub async fn chat_completions(
         endpoint: "chat.completions",
         stream: request.stream,
     };
-    let Metered { model, mut meter, request_id, ceiling } =
-        metered::reserve(&req, &caller, &state, ask).await?;
-    let granted = meter.max_output_tokens();
-    if granted < ceiling || request.max_tokens.is_some_and(|asked| u64::from(asked) > granted) {
+    let metered = metered::reserve(&req, &caller, &state, ask).await?;
+    let granted = metered.granted();
+    if granted < metered.ceiling
+        || request.max_tokens.is_some_and(|asked| u64::from(asked) > granted)
+    {
         limit_output(&mut request.body, granted);
     }
+    let call = async |provider: &Provider, route: &Route| {
+        let call = ChatCall {
+            upstream_model: &route.upstream_model,
+            request: &request,
+            max_output_tokens: granted,
+        };
+        provider.chat(&call).await
+    };
+    metered::generate(
+        &req,
+        &state,
+        &providers,
+        metered,
+        Protocol::ChatCompletions,
+        call,
+        chat_usage,
+    )
+    .await
+}
 
-    let idle = Duration::from_secs(state.settings.limits.stream_idle_timeout_secs.max(1));
-    let started = Instant::now();
-    let served =
-        routing::first_success(&model, forced, &providers, &request_id, async |provider, route| {
-            let call = ChatCall {
-                upstream_model: &route.upstream_model,
-                request: &request,
-                max_output_tokens: granted,
-            };
-            match provider.chat(&call).await? {
-                ChatReply::Stream(chunks) => {
-                    Ok(ChatReply::Stream(streaming::first_output(chunks, idle).await?))
-                }
-                complete => Ok(complete),
-            }
-        })
-        .await;
-    add_upstream_wait(&req, started.elapsed());
-    let served = served?;
-    meter.set_provider(served.provider);
-    label_request(&req, &model.id, Some(served.provider));
-    match served.value {
-        ChatReply::Complete { mut completion, usage } => {
-            served.permit.report(Outcome::Success);
-            let settled = meter.settle(usage, "completed").await?;
-            let mut usage_value = usage_json(usage, settled);
-            // Keep the upstream's token details (cached tokens and the like).
-            if let (Some(Value::Object(theirs)), Value::Object(ours)) =
-                (completion.remove("usage"), &mut usage_value)
-            {
-                for (k, v) in theirs {
-                    ours.entry(k).or_insert(v);
-                }
-            }
-            completion.insert("usage".into(), usage_value);
-            Ok(HttpResponse::Ok().json(completion))
+/// The chat usage object: our counts and credits, plus the upstream's token details (cached
+/// tokens and the like).
+fn chat_usage(theirs: Option<Value>, usage: TokenUsage, settled: Settled) -> Value {
+    let mut ours = usage_json(usage, settled);
+    if let (Some(Value::Object(theirs)), Value::Object(map)) = (theirs, &mut ours) {
+        for (k, v) in theirs {
+            map.entry(k).or_insert(v);
         }
-        ChatReply::Stream(chunks) => Ok(streaming::relay(
-            chunks,
-            meter,
-            idle,
-            served.permit,
-            streaming::Protocol::ChatCompletions,
-        )),
     }
+    ours
 }
 
 /// Asks upstream for no more output than the hold pays for, in the field(s) the client used.

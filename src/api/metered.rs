@@ -4,8 +4,18 @@
 //! endpoint (body shapes, the upstream call, the usage object) stays in its handler.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use actix_web::HttpRequest;
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use crate::api::streaming::{self, Protocol};
+use crate::catalog::Route;
+use crate::ledger::Settled;
+use crate::providers::breaker::Outcome;
+use crate::providers::{ChatReply, Provider, Providers, TokenUsage, UpstreamError};
+use crate::routing;
+use crate::telemetry::{add_upstream_wait, label_request};
 
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -23,7 +33,7 @@ const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 pub struct Ask<'a> {
     pub model: &'a str,
     pub kind: ModelKind,
-    pub forced: Option<&'a str>,
+    pub forced: Option<&'static str>,
     pub uses: InputModalities,
     /// The client's output limit; `None` = the model's own.
     pub max_output_tokens: Option<u32>,
@@ -40,12 +50,58 @@ pub struct Metered {
     pub request_id: String,
     /// The output ceiling before the balance was considered.
     pub ceiling: u64,
+    /// The provider `X-Quantized-Provider` forces, if any.
+    pub forced: Option<&'static str>,
 }
 
 impl Metered {
     /// The output the hold pays for (the ceiling, or less when the balance is short).
     pub fn granted(&self) -> u64 {
         self.meter.max_output_tokens()
+    }
+}
+
+/// The back half chat completions and responses share: route the call (falling over until
+/// the first real output), then answer. A complete reply is settled and gets the usage object
+/// `usage_of` makes from the upstream's usage and the settlement; a stream is relayed in
+/// `protocol`, which settles at its end.
+pub async fn generate(
+    req: &HttpRequest,
+    state: &AppState,
+    providers: &Providers,
+    metered: Metered,
+    protocol: Protocol,
+    mut call: impl AsyncFnMut(&Provider, &Route) -> Result<ChatReply, UpstreamError>,
+    usage_of: impl FnOnce(Option<Value>, TokenUsage, Settled) -> Value,
+) -> Result<HttpResponse, ApiError> {
+    let Metered { model, mut meter, request_id, forced, .. } = metered;
+    let idle = Duration::from_secs(state.settings.limits.stream_idle_timeout_secs.max(1));
+    let started = Instant::now();
+    let served =
+        routing::first_success(&model, forced, providers, &request_id, async |provider, route| {
+            match call(provider, route).await? {
+                ChatReply::Stream(chunks) => {
+                    Ok(ChatReply::Stream(streaming::first_output(chunks, idle).await?))
+                }
+                complete => Ok(complete),
+            }
+        })
+        .await;
+    add_upstream_wait(req, started.elapsed());
+    let served = served?;
+    meter.set_provider(served.provider);
+    label_request(req, &model.id, Some(served.provider));
+    match served.value {
+        ChatReply::Complete { mut completion, usage } => {
+            served.permit.report(Outcome::Success);
+            let settled = meter.settle(usage, "completed").await?;
+            let theirs = completion.remove("usage");
+            completion.insert("usage".into(), usage_of(theirs, usage, settled));
+            Ok(HttpResponse::Ok().json(completion))
+        }
+        ChatReply::Stream(chunks) => {
+            Ok(streaming::relay(chunks, meter, idle, served.permit, protocol))
+        }
     }
 }
 
@@ -87,7 +143,7 @@ pub async fn reserve(
     let request_id = RequestId::of(req);
     let record = usage_record(request_id.clone(), caller, ask.endpoint, &model.id, ask.stream);
     let meter = Meter::reserve(&state.ledger, reserve, record).await?;
-    Ok(Metered { model, meter, request_id, ceiling })
+    Ok(Metered { model, meter, request_id, ceiling, forced: ask.forced })
 }
 
 /// Holds `units` of the fixed-price `tool` (`web-search` per call, `fetch` per URL) at the
