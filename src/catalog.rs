@@ -279,8 +279,11 @@ pub struct Catalog {
     by_id: HashMap<String, Arc<Model>>,
     /// Anthropic's native ids, accepted with `X-Quantized-Provider: anthropic` (design §0).
     anthropic_ids: HashMap<String, Arc<Model>>,
-    prices: HashMap<(String, String), Prices>,
-    tool_prices: HashMap<(String, String), i64>,
+    /// Overrides by license type, then model id (nested so lookups borrow, not allocate:
+    /// every metered request asks).
+    prices: HashMap<String, HashMap<String, Prices>>,
+    /// Tool prices by license type, then tool.
+    tool_prices: HashMap<String, HashMap<String, i64>>,
 }
 
 impl Catalog {
@@ -298,14 +301,14 @@ impl Catalog {
                     .map(move |r| (r.upstream_model.clone(), m.clone()))
             })
             .collect();
-        let prices = store::catalog::load_price_overrides(&conn)?
-            .into_iter()
-            .map(|(lt, m, p)| ((lt, m), p))
-            .collect();
-        let tool_prices = store::catalog::load_tool_prices(&conn)?
-            .into_iter()
-            .map(|(lt, t, p)| ((lt, t), p))
-            .collect();
+        let mut prices: HashMap<String, HashMap<String, Prices>> = HashMap::new();
+        for (lt, model, p) in store::catalog::load_price_overrides(&conn)? {
+            prices.entry(lt).or_default().insert(model, p);
+        }
+        let mut tool_prices: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        for (lt, tool, p) in store::catalog::load_tool_prices(&conn)? {
+            tool_prices.entry(lt).or_default().insert(tool, p);
+        }
         Ok(Catalog { models, by_id, anthropic_ids, prices, tool_prices })
     }
 
@@ -329,17 +332,17 @@ impl Catalog {
     }
 
     pub fn prices_for(&self, license_type_id: &str, model: &Model) -> Prices {
-        // Allocation-free lookup would need a borrowed tuple key; the catalog is small and
-        // this runs once per request.
         self.prices
-            .get(&(license_type_id.to_string(), model.id.clone()))
+            .get(license_type_id)
+            .and_then(|m| m.get(&model.id))
             .copied()
             .unwrap_or(model.prices)
     }
 
     pub fn tool_price(&self, license_type_id: &str, tool: &str) -> i64 {
         self.tool_prices
-            .get(&(license_type_id.to_string(), tool.to_string()))
+            .get(license_type_id)
+            .and_then(|t| t.get(tool))
             .copied()
             .unwrap_or(DEFAULT_TOOL_PRICE)
     }
